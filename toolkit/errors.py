@@ -1,0 +1,27 @@
+"""The toolkit's own errors: each carries one sentence a user can act on.
+
+The command-line entry points print ``error: <sentence>`` and exit with status 2
+instead of a traceback (set ``HYDRA_FULL_ERROR=1`` or ``RTK_DEBUG=1`` to see it).
+"""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """A problem with the user's input, config, data, checkpoint or environment."""
+
+
+class ConfigError(ToolkitError):
+    """A config key has a bad value or keys combine badly."""
+
+
+class DataError(ToolkitError):
+    """A data file or data source cannot be read as asked."""
+
+
+class CellError(ToolkitError):
+    """A recurrent cell cannot be found, loaded or built."""
+
+
+class CheckpointError(ToolkitError):
+    """A checkpoint cannot be loaded or does not fit the command."""
