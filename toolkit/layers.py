@@ -1,0 +1,258 @@
+"""Recurrent: the layer that owns time, batches, lengths, depth and direction.
+
+A cell computes one step; this layer runs it over a padded batch, stacks
+``num_layers`` of them, runs a reverse direction when asked, and picks a
+backend. Every backend gives the same numbers (tests hold them to 1e-5), and
+the state_dict is the same whatever the backend, so weights saved under one
+load under another.
+
+Backends:
+- ``loop``: a Python loop over time calling ``cell.forward``; always available.
+- ``native``: torch's fused kernel (``torch._VF.lstm`` / ``gru`` / ``rnn_tanh``,
+  i.e. cuDNN on GPU, oneDNN / ATen on CPU), one call per layer (both directions
+  in it), fed the cells' own Parameters. With ``lengths`` the batch is packed
+  and unpacked inside the layer: no PackedSequence ever leaves it.
+- ``sequence``: the cell's ``forward_sequence`` (e.g. a parallel scan).
+- ``auto``: native if the cell maps onto a kernel, else sequence, else loop.
+
+Lengths: every length must be in 1..T. An empty sequence has no last token to
+start the reverse direction from, and the fused kernels reject it, so it is a
+ValueError rather than a silent special case.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from toolkit.cells.base import RecurrentCell, State
+from toolkit.cells.registry import build_cell
+from toolkit.errors import CellError
+
+log = logging.getLogger("toolkit.layers")
+BACKENDS = ("auto", "native", "sequence", "loop")
+_LOGGED: set[tuple[str, str]] = set()  # (cell, backend) choices already logged by "auto"
+
+
+class Recurrent(nn.Module):
+    """A stack of recurrent cells over a padded batch.
+
+    Args:
+        cell: a registered cell name (see ``toolkit.cells.available_cells()``).
+        input_size: features in ``x``.
+        hidden_size: features per direction in the output and in each state tensor.
+        num_layers: stacked layers; layer l > 0 reads the H * D outputs of layer l - 1.
+        bidirectional: also run each layer right to left (from each sequence's own
+            last token) and concatenate the two directions' outputs.
+        dropout: dropout on the outputs of every layer but the last, training only.
+        backend: ``auto`` | ``native`` | ``sequence`` | ``loop``.
+        batch_first: ``x`` and ``y`` are (B, T, *) when True, else (T, B, *).
+        **cell_hparams: passed to the cell (checked against its ``__init__``).
+
+    Shape:
+        - x: (B, T, I) (or (T, B, I)); lengths: (B,) int, each in 1..T, or None
+          for all T; state: None (zeros) or a tuple with one (L * D, B, H) tensor
+          per name in ``state_names``, indexed ``layer * D + direction`` like
+          torch's ``h_0`` / ``c_0``.
+        - y: (B, T, H * D), exactly zero at padded steps; final state in the
+          same layout as ``state``, each sequence's taken at its own last step.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, backend: str = "auto",
+                 batch_first: bool = True, **cell_hparams: Any) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.cell_name = cell
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self.dropout = float(dropout)
+        self.batch_first = batch_first
+        self.cell_hparams = dict(cell_hparams)
+        D = self.num_directions
+        self.cells = nn.ModuleList(
+            build_cell(cell, input_size if layer == 0 else hidden_size * D, hidden_size, **cell_hparams)
+            for layer in range(num_layers) for _ in range(D))  # index layer * D + d
+        self.backend = self._resolve_backend(backend)
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size * self.num_directions
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(self.cells[0].state_names)
+
+    def extra_repr(self) -> str:
+        return (f"cell={self.cell_name!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, dropout={self.dropout}, backend={self.backend!r}")
+
+    def _resolve_backend(self, backend: str) -> str:
+        cell: RecurrentCell = self.cells[0]
+        available = cell.backends()
+        if backend not in BACKENDS:
+            raise CellError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
+        if backend == "auto":
+            chosen = available[0]
+            if (self.cell_name, chosen) not in _LOGGED:
+                _LOGGED.add((self.cell_name, chosen))
+                log.info("Recurrent(cell=%r): backend auto -> %s", self.cell_name, chosen)
+            return chosen
+        if backend not in available:
+            raise CellError(f"cell '{self.cell_name}' has no {backend} backend; "
+                            f"its backends: {', '.join(available)}")
+        if backend == "native" and cell.native not in ("rnn_tanh", "gru", "lstm"):
+            raise CellError(f"cell '{self.cell_name}' names unknown native kernel {cell.native!r}; "
+                            "known: rnn_tanh, gru, lstm")
+        return backend
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, lengths: Tensor | None = None,
+                state: State | Tensor | None = None) -> tuple[Tensor, State]:
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        if x.dim() != 3 or x.size(-1) != self.input_size:
+            raise ValueError(f"Recurrent expects x of shape (B, T, {self.input_size}) "
+                             f"(batch_first={self.batch_first}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        lengths = self._check_lengths(lengths, B, T)
+        state = self._check_state(state, x)
+        if self.backend == "native":
+            y, final = self._forward_native(x, lengths, state)
+        else:
+            y, final = self._forward_stepwise(x, lengths, state)
+        if not self.batch_first:
+            y = y.transpose(0, 1)
+        return y, final
+
+    def _check_lengths(self, lengths: Tensor | None, B: int, T: int) -> Tensor | None:
+        if lengths is None:
+            return None
+        lengths = torch.as_tensor(lengths)
+        if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be an int tensor of shape ({B},), got {lengths.dtype} {tuple(lengths.shape)}")
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > T:
+            raise ValueError(f"every length must be in 1..{T} (the padded length); got min {lo}, max {hi}")
+        return lengths.long()
+
+    def _check_state(self, state: State | Tensor | None, x: Tensor) -> State:
+        B = x.size(0)
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if state is None:
+            return tuple(x.new_zeros(shape) for _ in self.state_names)
+        if isinstance(state, Tensor):
+            state = (state,)
+        state = tuple(state)
+        if len(state) != len(self.state_names) or any(s.shape != shape for s in state):
+            got = [tuple(s.shape) for s in state]
+            raise ValueError(f"state must be {len(self.state_names)} tensor(s) {self.state_names} "
+                             f"of shape {shape}, got {got}")
+        return state
+
+    def _dropout_between_layers(self, y: Tensor, layer: int) -> Tensor:
+        # Same call, same shape for every backend: the RNG is consumed identically.
+        if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+            y = F.dropout(y, self.dropout, training=True)
+        return y
+
+    # ------------------------------------------------------------ loop/sequence
+    def _forward_stepwise(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        B, T, _ = x.shape
+        D = self.num_directions
+        mask = rev_index = None
+        if lengths is not None:
+            steps = torch.arange(T, device=x.device)
+            lengths = lengths.to(x.device)
+            mask = (steps[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
+            # reverse each sequence within its own length; padding stays in place
+            rev_index = torch.where(mask.squeeze(-1), lengths[:, None] - 1 - steps[None, :], steps[None, :])  # (B, T)
+        finals: list[State] = []
+        inp = x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                i = layer * D + d
+                cell = self.cells[i]
+                s0 = tuple(s[i] for s in state)  # each (B, H)
+                xi = inp if d == 0 else _flip(inp, rev_index)
+                if self.backend == "sequence":
+                    y, s = cell.forward_sequence(xi, s0, lengths)
+                    if mask is not None:
+                        y = torch.where(mask, y, 0.0)
+                else:
+                    y, s = _time_loop(cell, xi, s0, mask)
+                outs.append(y if d == 0 else _flip(y, rev_index))
+                finals.append(tuple(s))
+            y = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (B, T, H * D)
+            inp = self._dropout_between_layers(y, layer)
+        final = tuple(torch.stack([f[k] for f in finals]) for k in range(len(self.state_names)))
+        return y, final
+
+    # ------------------------------------------------------------------- native
+    def _forward_native(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        B, T, _ = x.shape
+        D = self.num_directions
+        kernel = self.cells[0].native
+        is_lstm = kernel == "lstm"
+        run = getattr(torch._VF, kernel)
+        lengths_cpu = lengths.to("cpu") if lengths is not None else None
+        finals: list[list[Tensor]] = [[] for _ in self.state_names]
+        inp = x
+        for layer in range(self.num_layers):
+            cells = self.cells[layer * D:(layer + 1) * D]
+            weights = [p for c in cells for p in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
+            hx = [s[layer * D:(layer + 1) * D] for s in state]  # each (D, B, H)
+            if lengths is None:
+                h0 = tuple(hx) if is_lstm else hx[0]
+                out = run(inp, h0, weights, True, 1, 0.0, self.training, self.bidirectional, True)
+                y, hn = out[0], out[1:]
+            else:
+                packed = pack_padded_sequence(inp, lengths_cpu, batch_first=True, enforce_sorted=False)
+                hx = [h.index_select(1, packed.sorted_indices) for h in hx]
+                h0 = tuple(hx) if is_lstm else hx[0]
+                out = run(packed.data, packed.batch_sizes, h0, weights, True, 1, 0.0,
+                          self.training, self.bidirectional)
+                y_packed = PackedSequence(out[0], packed.batch_sizes, packed.sorted_indices,
+                                          packed.unsorted_indices)
+                y, _ = pad_packed_sequence(y_packed, batch_first=True, total_length=T)  # (B, T, H * D)
+                hn = tuple(h.index_select(1, packed.unsorted_indices) for h in out[1:])
+            for k, h in enumerate(hn):
+                finals[k].append(h)
+            inp = self._dropout_between_layers(y, layer)
+        final = tuple(torch.cat(f, dim=0) for f in finals)  # each (L * D, B, H)
+        return y, final
+
+
+def _flip(x: Tensor, rev_index: Tensor | None) -> Tensor:
+    """Reverse time, within each sequence's own length when rev_index is given."""
+    if rev_index is None:
+        return x.flip(1)
+    return x.gather(1, rev_index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
+def _time_loop(cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None) -> tuple[Tensor, State]:
+    """Run ``cell`` left to right over x (B, T, I); past a sequence's end the state freezes
+    and the output is exactly zero."""
+    outs = []
+    for t in range(x.size(1)):
+        y, new = cell(x[:, t], state)
+        if mask is None:
+            state = tuple(new)
+        else:
+            m = mask[:, t]  # (B, 1)
+            state = tuple(torch.where(m, n, s) for n, s in zip(new, state))
+            y = torch.where(m, y, 0.0)
+        outs.append(y)
+    return torch.stack(outs, dim=1), state  # (B, T, H)
