@@ -162,9 +162,11 @@ class Recurrent(nn.Module):
         return state
 
     def _dropout_between_layers(self, y: Tensor, layer: int) -> Tensor:
-        # Same call, same shape for every backend: the RNG is consumed identically.
+        # Same call on the same contiguous (B, T, H * D) layout for every backend, so the
+        # RNG draws the same mask (the native kernel's batch_first output is a transposed
+        # view, and dropout draws in memory order).
         if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
-            y = F.dropout(y, self.dropout, training=True)
+            y = F.dropout(y.contiguous(), self.dropout, training=True)
         return y
 
     # ------------------------------------------------------------ loop/sequence

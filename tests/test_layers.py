@@ -1,0 +1,321 @@
+"""The Recurrent layer: parity with torch, backend agreement, invisible padding."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from toolkit import layers
+from toolkit.cells import CellEntry, RecurrentCell, registry
+from toolkit.errors import CellError
+from toolkit.layers import Recurrent
+
+I, H, B, T = 3, 4, 3, 6
+LENGTHS = torch.tensor([6, 2, 4])
+DT = torch.float64
+NATIVE = ["lstm", "gru", "rnn"]
+EVERY_CELL = [("rnn", {}), ("gru_simple", {}), ("gru", {}), ("gru", {"reset": "before"}),
+              ("lstm", {}), ("peephole_lstm", {})]
+
+
+def _layer(cell, backend, num_layers=1, bidirectional=False, **kw) -> Recurrent:
+    return Recurrent(cell, I, H, num_layers=num_layers, bidirectional=bidirectional,
+                     backend=backend, **kw).to(DT)
+
+
+def _inputs(layer: Recurrent, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, I, dtype=DT, generator=g)
+    state = tuple(torch.randn(layer.num_layers * layer.num_directions, B, H, dtype=DT, generator=g)
+                  for _ in layer.state_names)
+    return x, state
+
+
+def _run_with_grads(layer: Recurrent, x, state, lengths, seed=0):
+    """Outputs, final state and gradients (input, initial state, every parameter by name)."""
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in state)
+    torch.manual_seed(seed)
+    y, final = layer(x, lengths=lengths, state=state)
+    g = torch.Generator().manual_seed(1)
+    loss = (y * torch.randn(y.shape, dtype=DT, generator=g)).sum()
+    loss = loss + sum((f * torch.randn(f.shape, dtype=DT, generator=g)).sum() for f in final)
+    names, params = zip(*layer.named_parameters())
+    grads = torch.autograd.grad(loss, [x, *state, *params])
+    return y, final, dict(zip(["x", *(f"state{i}" for i in range(len(state))), *names], grads))
+
+
+def _torch_rnn(cell: str, layer: Recurrent) -> nn.RNNBase:
+    cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+    ref = cls(I, H, num_layers=layer.num_layers, bidirectional=layer.bidirectional, batch_first=True).to(DT)
+    D = layer.num_directions
+    for name, p in ref.named_parameters():  # e.g. weight_ih_l1_reverse
+        kind, rest = name.split("_l")
+        index = int(rest.split("_")[0]) * D + name.endswith("_reverse")
+        with torch.no_grad():
+            p.copy_(getattr(layer.cells[index], kind))
+    return ref
+
+
+class _TorchAsLayer(nn.Module):
+    """nn.LSTM / GRU / RNN with the layer's call convention, packing when lengths are given."""
+
+    def __init__(self, ref: nn.RNNBase, lstm: bool):
+        super().__init__()
+        self.ref, self.lstm = ref, lstm
+
+    def forward(self, x, lengths=None, state=None):
+        hx = state if self.lstm else state[0]
+        if lengths is None:
+            y, hn = self.ref(x, hx)
+        else:
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            y, hn = self.ref(packed, hx)
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.size(1))
+        return y, (tuple(hn) if self.lstm else (hn,))
+
+
+def _assert_same(a, b, tol=1e-5):
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("backend", ["native", "loop"])
+@pytest.mark.parametrize("cell", NATIVE)
+def test_layer_matches_torchs_rnn_modules_in_outputs_states_and_gradients(cell, backend, num_layers,
+                                                                          bidirectional, lengths):
+    layer = _layer(cell, backend, num_layers, bidirectional)
+    ref = _TorchAsLayer(_torch_rnn(cell, layer), lstm=cell == "lstm")
+    x, state = _inputs(layer)
+    y, final, grads = _run_with_grads(layer, x, state, lengths)
+    y_ref, final_ref, grads_ref = _run_with_grads(ref, x, state, lengths)
+    _assert_same(y, y_ref)
+    _assert_same(final, final_ref)
+    D = layer.num_directions
+    for name, g in grads_ref.items():
+        if name.startswith("ref."):  # e.g. ref.weight_ih_l1_reverse -> cells.3.weight_ih
+            kind, rest = name[4:].split("_l")
+            name = f"cells.{int(rest.split('_')[0]) * D + name.endswith('_reverse')}.{kind}"
+        _assert_same(grads[name], g)
+    assert len(grads) == len(grads_ref)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", NATIVE)
+def test_native_and_loop_agree_with_dropout_in_training_under_the_same_seed(cell, num_layers,
+                                                                             bidirectional, lengths):
+    native = _layer(cell, "native", num_layers, bidirectional, dropout=0.5).train()
+    loop = _layer(cell, "loop", num_layers, bidirectional, dropout=0.5).train()
+    loop.load_state_dict(native.state_dict())
+    x, state = _inputs(native)
+    y_n, final_n, grads_n = _run_with_grads(native, x, state, lengths, seed=7)
+    y_l, final_l, grads_l = _run_with_grads(loop, x, state, lengths, seed=7)
+    _assert_same(y_n, y_l)
+    _assert_same(final_n, final_l)
+    assert grads_n.keys() == grads_l.keys()
+    for name in grads_n:
+        _assert_same(grads_n[name], grads_l[name])
+
+
+def test_dropout_between_layers_acts_in_training_only():
+    layer = _layer("lstm", "native", num_layers=2, dropout=0.5)
+    x, _ = _inputs(layer)
+    torch.manual_seed(0)
+    y_train = layer.train()(x)[0]
+    y_eval = layer.eval()(x)[0]
+    assert not torch.allclose(y_train, y_eval)
+    torch.testing.assert_close(layer(x)[0], y_eval)  # eval is deterministic
+    no_dropout = _layer("lstm", "native", num_layers=2).eval()
+    no_dropout.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(no_dropout(x)[0], y_eval)
+
+
+@pytest.mark.parametrize("backend", ["native", "loop"])
+def test_last_layers_output_gets_no_dropout(backend):
+    layer = _layer("gru", backend, num_layers=1, bidirectional=True, dropout=0.5)
+    x, _ = _inputs(layer)
+    torch.testing.assert_close(layer.train()(x)[0], layer.eval()(x)[0])
+
+
+@pytest.mark.parametrize("backend", ["auto", "loop"])
+@pytest.mark.parametrize("cell, hparams", EVERY_CELL, ids=[c + "-" + "-".join(h.values()) for c, h in EVERY_CELL])
+def test_padding_is_invisible_each_sequence_as_if_run_alone(cell, hparams, backend):
+    layer = _layer(cell, backend, num_layers=2, bidirectional=True, **hparams)
+    x, state = _inputs(layer)
+    mask = torch.arange(T)[None, :] < LENGTHS[:, None]
+    x = torch.where(mask[..., None], x, 1e3)  # loud padding: must not leak into anything
+    y, final = layer(x, lengths=LENGTHS, state=state)
+    assert y.shape == (B, T, 2 * H)
+    for b, n in enumerate(LENGTHS.tolist()):
+        assert torch.equal(y[b, n:], torch.zeros_like(y[b, n:]))  # exactly zero, not small
+        y_alone, final_alone = layer(x[b:b + 1, :n], state=tuple(s[:, b:b + 1] for s in state))
+        _assert_same(y[b:b + 1, :n], y_alone)
+        for f, f_alone in zip(final, final_alone):
+            _assert_same(f[:, b:b + 1], f_alone)
+
+
+@pytest.mark.parametrize("cell, hparams", EVERY_CELL, ids=[c + "-" + "-".join(h.values()) for c, h in EVERY_CELL])
+def test_initial_state_passed_in_is_used_and_none_means_zeros(cell, hparams):
+    layer = _layer(cell, "auto", num_layers=2, bidirectional=True, **hparams)
+    x, state = _inputs(layer)
+    zeros = tuple(torch.zeros_like(s) for s in state)
+    y_none, final_none = layer(x, lengths=LENGTHS)
+    y_zero, final_zero = layer(x, lengths=LENGTHS, state=zeros)
+    assert torch.equal(y_none, y_zero) and all(map(torch.equal, final_none, final_zero))
+    y_state, _ = layer(x, lengths=LENGTHS, state=state)
+    assert not torch.allclose(y_state[:, 0], y_none[:, 0])  # even the first step sees the state
+
+
+def test_final_state_layout_is_torchs_layers_times_directions_batch_hidden():
+    layer = _layer("lstm", "auto", num_layers=3, bidirectional=True)
+    x, _ = _inputs(layer)
+    y, final = layer(x)
+    assert layer.state_names == ("h", "c") and layer.num_directions == 2 and layer.output_size == 2 * H
+    assert y.shape == (B, T, 2 * H) and [f.shape for f in final] == [(6, B, H)] * 2
+    # the top layer's forward final h is its last output, its reverse final h its first
+    torch.testing.assert_close(final[0][4], y[:, -1, :H])
+    torch.testing.assert_close(final[0][5], y[:, 0, H:])
+
+
+@pytest.mark.parametrize("backend", ["native", "loop"])
+def test_time_major_input_gives_the_transposed_batch_first_result(backend):
+    first = _layer("gru", backend, bidirectional=True)
+    second = _layer("gru", backend, bidirectional=True, batch_first=False)
+    second.load_state_dict(first.state_dict())
+    x, _ = _inputs(first)
+    y, final = first(x, lengths=LENGTHS)
+    y_t, final_t = second(x.transpose(0, 1), lengths=LENGTHS)
+    assert torch.equal(y_t.transpose(0, 1), y) and all(map(torch.equal, final, final_t))
+
+
+def test_same_state_dict_whatever_the_backend():
+    native = _layer("lstm", "native", num_layers=2, bidirectional=True)
+    loop = _layer("lstm", "loop", num_layers=2, bidirectional=True)
+    assert native.state_dict().keys() == loop.state_dict().keys()
+    assert "cells.3.weight_hh" in native.state_dict()  # layer 1, reverse: index layer * D + d
+    assert native.cells[2].input_size == 2 * H  # layer 1 reads both directions
+    loop.load_state_dict(native.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("cell, hparams, backend", [
+    ("lstm", {}, "native"), ("peephole_lstm", {}, "loop"), ("gru_simple", {}, "loop"),
+    ("gru", {}, "native"), ("gru", {"reset": "before"}, "loop"), ("rnn", {}, "native")])
+def test_auto_picks_native_when_the_cell_maps_onto_a_kernel_else_loop(cell, hparams, backend):
+    assert _layer(cell, "auto", **hparams).backend == backend
+
+
+def test_auto_logs_its_choice_once_per_cell_and_backend(monkeypatch, caplog):
+    monkeypatch.setattr(layers, "_LOGGED", set())
+    with caplog.at_level(logging.INFO, logger="toolkit.layers"):
+        _layer("lstm", "auto"), _layer("lstm", "auto"), _layer("lstm", "native")
+        _layer("peephole_lstm", "auto")
+    messages = [r.getMessage() for r in caplog.records if r.name == "toolkit.layers"]
+    assert messages == ["Recurrent(cell='lstm'): backend auto -> native",
+                        "Recurrent(cell='peephole_lstm'): backend auto -> loop"]
+
+
+def test_native_backend_on_a_cell_without_a_kernel_names_the_cell_and_its_backends():
+    with pytest.raises(CellError, match=r"cell 'peephole_lstm' has no native backend; its backends: loop"):
+        _layer("peephole_lstm", "native")
+    with pytest.raises(CellError, match=r"cell 'gru' has no native backend; its backends: loop"):
+        _layer("gru", "native", reset="before")
+    with pytest.raises(CellError, match=r"backend 'cudnn' is not one of auto, native, sequence, loop"):
+        _layer("lstm", "cudnn")
+
+
+def test_cell_hparams_pass_through_the_layer_and_are_checked():
+    assert all(c.reset == "before" for c in _layer("gru", "auto", num_layers=2, reset="before").cells)
+    with pytest.raises(CellError, match="cell 'lstm' got unknown hparam 'reset'"):
+        _layer("lstm", "auto", reset="before")
+
+
+@pytest.mark.parametrize("lengths, match", [
+    (torch.tensor([6, 0, 4]), r"every length must be in 1..6"),
+    (torch.tensor([7, 2, 4]), r"every length must be in 1..6"),
+    (torch.tensor([6, 2]), r"lengths must be an int tensor of shape \(3,\)"),
+    (torch.tensor([6.0, 2.0, 4.0]), r"lengths must be an int tensor")])
+def test_bad_lengths_are_rejected_with_the_limit(lengths, match):
+    layer = _layer("lstm", "auto")
+    with pytest.raises(ValueError, match=match):
+        layer(_inputs(layer)[0], lengths=lengths)
+
+
+def test_wrong_input_or_state_shape_is_rejected_with_the_expected_shape():
+    layer = _layer("lstm", "auto", num_layers=2)
+    x, state = _inputs(layer)
+    with pytest.raises(ValueError, match=r"expects x of shape \(B, T, 3\)"):
+        layer(x[..., :2])
+    with pytest.raises(ValueError, match=r"state must be 2 tensor\(s\) \('h', 'c'\) of shape \(2, 3, 4\)"):
+        layer(x, state=state[:1])
+
+
+# --- the whole-sequence seam, exercised by a test-only cell -------------------------------
+
+class LinearScanCell(RecurrentCell):
+    """h<t> = alpha * h<t-1> + W x<t>; forward_sequence solves it in closed form."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.proj = nn.Linear(input_size, hidden_size)
+        self.logit = nn.Parameter(torch.randn(hidden_size))
+        self.steps = 0
+
+    def forward(self, x_t, state):
+        self.steps += 1
+        h = torch.sigmoid(self.logit) * state[0] + self.proj(x_t)
+        return h, (h,)
+
+    def forward_sequence(self, x, state, lengths):
+        alpha = torch.sigmoid(self.logit)  # (H,)
+        T = x.size(1)
+        t = torch.arange(T, dtype=x.dtype)
+        lag = t[:, None] - t[None, :]  # (T, T): t - s
+        decay = torch.where(lag[..., None] >= 0, alpha ** lag.clamp(min=0)[..., None], 0.0)  # (T, T, H)
+        h = torch.einsum("tsh,bsh->bth", decay, self.proj(x)) + alpha ** (t[:, None] + 1) * state[0][:, None]
+        last = (lengths - 1) if lengths is not None else torch.full((x.size(0),), T - 1)
+        final = h.gather(1, last[:, None, None].expand(-1, 1, h.size(-1))).squeeze(1)  # (B, H)
+        return h, (final,)
+
+
+@pytest.fixture
+def scan_cell(monkeypatch):
+    module = types.ModuleType("rtk_test_cells")
+    module.LinearScanCell = LinearScanCell
+    monkeypatch.setitem(sys.modules, "rtk_test_cells", module)
+    entries = registry._discover() + (CellEntry("linear_scan", "rtk_test_cells:LinearScanCell", "test", "0"),)
+    monkeypatch.setattr(registry, "_discover", lambda: entries)
+    return "linear_scan"
+
+
+def test_auto_picks_the_cells_whole_sequence_path(scan_cell):
+    layer = _layer(scan_cell, "auto")
+    assert layer.backend == "sequence"
+    with pytest.raises(CellError, match="cell 'linear_scan' has no native backend; its backends: sequence, loop"):
+        _layer(scan_cell, "native")
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
+def test_sequence_backend_agrees_with_loop_and_never_steps(scan_cell, lengths):
+    seq = _layer(scan_cell, "sequence", num_layers=2, bidirectional=True, dropout=0.5).train()
+    loop = _layer(scan_cell, "loop", num_layers=2, bidirectional=True, dropout=0.5).train()
+    loop.load_state_dict(seq.state_dict())
+    x, state = _inputs(seq)
+    y_s, final_s, grads_s = _run_with_grads(seq, x, state, lengths, seed=3)
+    y_l, final_l, grads_l = _run_with_grads(loop, x, state, lengths, seed=3)
+    assert sum(c.steps for c in seq.cells) == 0 and sum(c.steps for c in loop.cells) > 0
+    _assert_same(y_s, y_l)
+    _assert_same(final_s, final_l)
+    for name in grads_s:
+        _assert_same(grads_s[name], grads_l[name])
+    if lengths is not None:
+        assert not y_s[1, 2:].any()
