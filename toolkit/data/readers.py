@@ -1,0 +1,149 @@
+"""Readers for the user's files and the named sources' raw files.
+
+Each reader returns examples in the file's own order (the standard split depends
+on it) and turns anything it cannot read into a DataError that names the file
+and, where there is one, the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+from toolkit.errors import DataError
+
+_BIO = re.compile(r"O|[BI]-\S+")
+
+
+def read_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"data file {path} is not a file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 (at byte {e.start})") from None
+    if not text.strip():
+        raise DataError(f"data file {path} is empty")
+    return text
+
+
+def read_conll(
+    path: str | Path,
+    token_col: int = 0,
+    tag_col: int = -1,
+    sep: str | None = "\t",
+    scheme: str | None = "bio",
+) -> list[dict]:
+    """CoNLL-style columns: one token a line, a blank line between sentences.
+
+    ``sep=None`` splits on any run of white space. ``scheme="bio"`` checks every
+    tag is ``O``, ``B-type`` or ``I-type`` and that ``I-type`` continues the same type.
+    """
+    path = Path(path)
+    sentences: list[dict] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    ncols = None
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                sentences.append({"tokens": tokens, "tags": tags})
+                tokens, tags = [], []
+            continue
+        cols = line.split(sep) if sep is not None else line.split()
+        if ncols is None:
+            ncols = len(cols)
+            for name, col in (("token_col", token_col), ("tag_col", tag_col)):
+                if not -ncols <= col < ncols:
+                    raise DataError(
+                        f"{path}:{lineno}: {name}={col} but the line has {ncols} columns"
+                    )
+        if len(cols) != ncols:
+            raise DataError(
+                f"{path}:{lineno}: expected {ncols} columns like the first line, found {len(cols)}"
+            )
+        token, tag = cols[token_col].strip(), cols[tag_col].strip()
+        if not token or not tag:
+            raise DataError(f"{path}:{lineno}: empty token or tag")
+        if scheme == "bio":
+            if not _BIO.fullmatch(tag):
+                raise DataError(f"{path}:{lineno}: tag '{tag}' is not O, B-<type> or I-<type>")
+            if tag.startswith("I-"):
+                prev = tags[-1] if tags else "O"
+                if prev == "O" or prev[2:] != tag[2:]:
+                    raise DataError(
+                        f"{path}:{lineno}: tag '{tag}' follows '{prev}', which breaks BIO "
+                        f"(an I- tag must continue a B- or I- of the same type)"
+                    )
+        tokens.append(token)
+        tags.append(tag)
+    if tokens:
+        sentences.append({"tokens": tokens, "tags": tags})
+    if not sentences:
+        raise DataError(f"data file {path} has no sentences")
+    return sentences
+
+
+def read_table(path: str | Path, text_col: str = "text", label_col: str = "label") -> list[dict]:
+    """CSV (with a header row) or JSON lines, by the file's suffix; returns {"text", "label"}."""
+    path = Path(path)
+    text = read_text(path)
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        rows = _jsonl_rows(path, text)
+    else:
+        rows = _csv_rows(path, text)
+    out = []
+    for lineno, row in rows:
+        for col in (text_col, label_col):
+            if col not in row:
+                raise DataError(
+                    f"{path}:{lineno}: no column '{col}' (columns: {', '.join(map(str, row))}); "
+                    f"set data.text_col / data.label_col"
+                )
+        value, label = row[text_col], row[label_col]
+        if value is None or not str(value).strip():
+            raise DataError(f"{path}:{lineno}: empty text in column '{text_col}'")
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{path}:{lineno}: empty label in column '{label_col}'")
+        out.append({"text": str(value), "label": str(label).strip()})
+    if not out:
+        raise DataError(f"data file {path} has a header but no rows")
+    return out
+
+
+def _csv_rows(path: Path, text: str):
+    reader = csv.reader(text.splitlines())
+    try:
+        header = next(reader)
+        width = len(header)
+        for row in reader:
+            lineno = reader.line_num
+            if not row:
+                continue
+            if len(row) != width:
+                raise DataError(
+                    f"{path}:{lineno}: expected {width} columns like the header, found {len(row)}"
+                )
+            yield lineno, dict(zip(header, row))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+
+
+def _jsonl_rows(path: Path, text: str):
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+        yield lineno, row

