@@ -42,7 +42,7 @@ def _trainer_keys(errors: list[str], trainer: dict) -> None:
     from pytorch_lightning import Trainer
 
     accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
-    reserved = {"logger", "callbacks", "default_root_dir", "enable_checkpointing"}
+    reserved = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "use_distributed_sampler"}
     for key in trainer:
         if key in reserved:
             errors.append(f"trainer.{key} is set by the toolkit; use logger=… or the run dir instead")

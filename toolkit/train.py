@@ -97,7 +97,8 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir),
-                         callbacks=callbacks, default_root_dir=str(run_dir))
+                         callbacks=callbacks, default_root_dir=str(run_dir),
+                         use_distributed_sampler=False)  # BucketBatchSampler shards batches itself
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         log.info("task=%s cell=%s (%s backend) depth=%d direction=%s hidden_size=%d · run dir %s",
@@ -145,6 +146,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -92,11 +92,20 @@ def _generate_check(kind: str, origin: str, options: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- batching
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length, reshuffled per epoch from (seed, epoch) alone.
 
     Deriving the order from the epoch number (Lightning calls ``set_epoch``) makes
-    a resumed run see exactly the batches an uninterrupted run would.
+    a resumed run see exactly the batches an uninterrupted run would. Under DDP
+    it shards whole batches across ranks itself (the Trainer runs with
+    ``use_distributed_sampler=False``), so packing and padding stay per rank.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
@@ -110,23 +119,31 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        """This rank's batches for the current epoch."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.lengths)
+        rank, world = _rank_and_world()
         order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        if not self.shuffle and world > 1:
+            order = order[rank::world]  # evaluation: each example on exactly one rank
         if self.bucketing:
             span = self.batch_size * self.pool
-            order = [i for k in range(0, n, span)
+            order = [i for k in range(0, len(order), span)
                      for i in sorted(order[k:k + span], key=self.lengths.__getitem__)]
-        out = [order[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
+        out = [order[k:k + self.batch_size] for k in range(0, len(order), self.batch_size)]
         if self.shuffle and self.bucketing:
             out = [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+        if self.shuffle and world > 1:
+            # training: every rank must take the same number of steps, so the
+            # shortest shard is topped up with batches from the start of the epoch
+            out = (out + out[: (-len(out)) % world])[rank::world]
         return out
 
     def __iter__(self):
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return len(self.batches())
 
     def padding_fraction(self) -> float:
         """Share of padded positions over one epoch of these batches."""
@@ -143,10 +160,25 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
 
 
+def _pad_chars(words: list[list[list[int]]]) -> torch.Tensor:
+    """Per-sentence lists of per-token char ids -> (B, T, W), zero-padded."""
+    t = max(len(w) for w in words)
+    width = max(len(c) for w in words for c in w)
+    out = torch.zeros(len(words), t, width, dtype=torch.long)
+    for b, sent in enumerate(words):
+        for i, c in enumerate(sent):
+            out[b, i, : len(c)] = torch.tensor(c, dtype=torch.long)
+    return out
+
+
 # ----------------------------------------------------------------------------- encoders
-def encode_tagging(tokens: list[str], vocab: Vocab, norm: str) -> dict:
+MAX_WORD_CHARS = 20  # longer tokens (URLs) keep their first 20 characters for the char CNN
+
+
+def encode_tagging(tokens: list[str], vocab: Vocab, norm: str, chars: Vocab) -> dict:
     return {"tokens": vocab.encode(normalize(t, norm) for t in tokens),
-            "shapes": [shape(t) for t in tokens]}
+            "shapes": [shape(t) for t in tokens],
+            "chars": [chars.encode(t[:MAX_WORD_CHARS]) for t in tokens]}
 
 
 def encode_text(text: str, vocab: Vocab, tokenizer: str, norm: str) -> dict:
@@ -158,6 +190,7 @@ def collate_tagging(items: list[dict]) -> dict:
     batch = {
         "tokens": _pad([it["tokens"] for it in items], 0),
         "shapes": _pad([it["shapes"] for it in items], 0),
+        "chars": _pad_chars([it["chars"] for it in items]),
         "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long),
     }
     if "tags" in items[0]:
@@ -259,11 +292,17 @@ class TaggingDataModule(_SplitDataModule):
     def __init__(self, *, token_col: int = 0, tag_col: int = -1, sep: str | None = None,
                  scheme: str | None = "bio", tokenizer: str = "tweet", normalize: str = "twitter", **kw):
         super().__init__(tokenizer=tokenizer, normalize=normalize, **kw)
+        self.chars: Vocab | None = None  # built from the training tokens alongside the vocabulary
         if self.source is None:
             self.reader_options = {"token_col": token_col, "tag_col": tag_col, "sep": sep, "scheme": scheme}
 
+    def spec(self) -> dict:
+        return {**super().spec(), "chars": self.chars.itos}
+
     def _train_tokens(self, train):
-        return (normalize(t, self.norm) for toks in train["tokens"] for t in toks)
+        tokens = [t for toks in train["tokens"] for t in toks]
+        self.chars = Vocab.build(c for t in tokens for c in t[:MAX_WORD_CHARS])
+        return (normalize(t, self.norm) for t in tokens)
 
     def _train_labels(self, train):
         return {t for tags in train["tags"] for t in tags}
@@ -271,7 +310,7 @@ class TaggingDataModule(_SplitDataModule):
     def _encode_split(self, data, split):
         out = []
         for ex in data:
-            item = encode_tagging(ex["tokens"], self.vocab, self.norm)
+            item = encode_tagging(ex["tokens"], self.vocab, self.norm, self.chars)
             try:
                 item["tags"] = [self.labels.index[t] for t in ex["tags"]]
             except KeyError as e:

@@ -58,7 +58,8 @@ class ClassificationTask(SequenceTask):
     def _eval_step(self, batch, stage):
         logits = self(batch)
         n = len(batch["lengths"])
-        self.log(f"{stage}_loss", F.cross_entropy(logits, batch["labels"]), prog_bar=True, batch_size=n)
+        self.log(f"{stage}_loss", F.cross_entropy(logits, batch["labels"]), prog_bar=True, batch_size=n,
+                 sync_dist=True)
         for name in ("acc", "f1"):
             metric = self.metrics[f"{stage}_{name}"]
             metric(logits, batch["labels"])

@@ -8,29 +8,60 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from torch import Tensor, nn
 
 from toolkit.data.modules import collate_tagging, encode_tagging
-from toolkit.data.text import SHAPES, tokenize
+from toolkit.data.text import SHAPES, Vocab, tokenize
 from toolkit.tasks.base import SequenceTask
 
 
+class CharCNN(nn.Module):
+    """A word's characters -> one vector: embed, convolve, max over the word (Chiu & Nichols 2016).
+
+    Spelling carries what a word embedding of rare words cannot: capitals,
+    suffixes, the look of a name.
+    """
+
+    def __init__(self, n_chars: int, char_dim: int, filters: int, kernel: int):
+        super().__init__()
+        self.embed = nn.Embedding(n_chars, char_dim, padding_idx=0)
+        self.conv = nn.Conv1d(char_dim, filters, kernel, padding=kernel // 2)
+
+    def forward(self, chars: Tensor) -> Tensor:
+        b, t, w = chars.shape
+        x = self.embed(chars.view(b * t, w)).transpose(1, 2)  # (B*T, C, W)
+        y = self.conv(x).masked_fill((chars.view(b * t, 1, w) == 0), float("-inf"))  # (B*T, F, W)
+        y = y.max(-1).values  # (B*T, F)
+        return torch.nan_to_num(y, neginf=0.0).view(b, t, -1)  # padded tokens have no chars -> 0
+
+
 class TaggingTask(SequenceTask):
-    """Per-token softmax over the tag set; entity-level F1 / precision / recall (seqeval)."""
+    """Per-token softmax over the tag set; entity-level F1 / precision / recall (seqeval).
+
+    Each token is its word embedding, a shape embedding (capitalisation, mention,
+    hashtag, …) and, when ``char_filters > 0``, a character CNN.
+    """
 
     head = "tagging"
 
-    def __init__(self, *args, shape_dim: int = 16, **kw):
-        self._shape_dim = shape_dim
-        super().__init__(*args, shape_dim=shape_dim, **kw)
+    def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
+                 char_kernel: int = 3, **kw):
+        self._extra_dim = shape_dim + char_filters
+        super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
+                         char_kernel=char_kernel, **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
+        self.char_cnn = (CharCNN(len(self.hparams.spec["chars"]), char_dim, char_filters, char_kernel)
+                         if char_filters > 0 else None)
+        self.chars = Vocab(self.hparams.spec["chars"])
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
 
     def input_size(self) -> int:
-        return self.hparams.embedding_dim + self._shape_dim
+        return self.hparams.embedding_dim + self._extra_dim
 
     def forward(self, batch: dict) -> Tensor:
-        x = torch.cat([self.embed(batch["tokens"]), self.shape_embed(batch["shapes"])], -1)  # (B, T, E+S)
-        y, _ = self.rnn(self.drop(x), lengths=batch["lengths"])  # (B, T, H*D)
+        parts = [self.embed(batch["tokens"]), self.shape_embed(batch["shapes"])]  # (B, T, E), (B, T, S)
+        if self.char_cnn is not None:
+            parts.append(self.char_cnn(batch["chars"]))  # (B, T, F)
+        y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"])  # (B, T, H*D)
         return self.out(self.drop(y))  # (B, T, n_tags)
 
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor]:
@@ -45,7 +76,7 @@ class TaggingTask(SequenceTask):
 
     def _eval_step(self, batch, stage):
         loss, logits = self._loss(batch)
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]), sync_dist=True)
         names = self.labels.names
         for pred, gold, n in zip(logits.argmax(-1).tolist(), batch["tags"].tolist(), batch["lengths"].tolist()):
             self._pred.append([names[i] for i in pred[:n]])
@@ -54,12 +85,20 @@ class TaggingTask(SequenceTask):
     def _eval_end(self, stage):
         gold, pred = self._gold, self._pred
         self._gold, self._pred = [], []
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # each rank saw different sentences: the entity counts must cover them all
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (gold, pred))
+            gold = [s for g, _ in parts for s in g]
+            pred = [s for _, p in parts for s in p]
         if not gold:
             return
         kw = {"zero_division": 0}
-        self.log(f"{stage}_f1", float(f1_score(gold, pred, **kw)), prog_bar=True)
-        self.log(f"{stage}_precision", float(precision_score(gold, pred, **kw)))
-        self.log(f"{stage}_recall", float(recall_score(gold, pred, **kw)))
+        # identical on every rank after the gather, so no further reduction is needed
+        self.log(f"{stage}_f1", float(f1_score(gold, pred, **kw)), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}_precision", float(precision_score(gold, pred, **kw)), sync_dist=True)
+        self.log(f"{stage}_recall", float(recall_score(gold, pred, **kw)), sync_dist=True)
 
     def validation_step(self, batch, i):
         self._eval_step(batch, "val")
@@ -80,7 +119,7 @@ class TaggingTask(SequenceTask):
         tokens = tokenize(text, spec["tokenizer"])
         if not tokens:
             return []
-        batch = collate_tagging([encode_tagging(tokens, self.vocab, spec["normalize"])])
+        batch = collate_tagging([encode_tagging(tokens, self.vocab, spec["normalize"], self.chars)])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         tags = self(batch)[0].argmax(-1).tolist()
         return [(t, self.labels.names[i]) for t, i in zip(tokens, tags)]
