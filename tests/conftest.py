@@ -30,6 +30,7 @@ TINY = [
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",
     "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",  # 3 batches: log every step so metrics.csv has train_loss
     "hidden_size=16",
 ]
 
@@ -46,19 +47,25 @@ class Result:
                 f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}")
 
 
-def child_env() -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(extra or {})
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("RTK_DEBUG", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def run_cmd(args: list[str], *, timeout: float = 300, cwd: Path | None = None) -> Result:
-    """Run a command (``rtk …`` or ``python -m …``) and capture its output."""
+def run_cmd(args: list[str], *, timeout: float = 300, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> Result:
+    """Run a command (``rtk …`` or ``python -m …``) and capture its output; ``env`` adds variables."""
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=child_env())
+                          cwd=cwd, env=child_env(env))
     return Result(list(args), done.returncode, done.stdout, done.stderr)
+
+
+def rtk_cmd(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> Result:
+    return run_cmd([RTK, *args], timeout=timeout, cwd=cwd, env=env)
 
 
 @pytest.fixture
@@ -66,8 +73,8 @@ def rtk(tmp_path_factory):
     """``rtk(*args)`` runs the installed ``rtk`` command from a scratch working directory."""
     cwd = tmp_path_factory.mktemp("cwd")
 
-    def call(*args: str, timeout: float = 300) -> Result:
-        return run_cmd([RTK, *args], timeout=timeout, cwd=cwd)
+    def call(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> Result:
+        return run_cmd([RTK, *args], timeout=timeout, cwd=cwd, env=env)
 
     return call
 
@@ -77,8 +84,8 @@ def train_module(tmp_path_factory):
     """``train_module(*overrides)`` runs ``python -m toolkit.train`` (the same Hydra app)."""
     cwd = tmp_path_factory.mktemp("cwd")
 
-    def call(*args: str, timeout: float = 300) -> Result:
-        return run_cmd([sys.executable, "-m", "toolkit.train", *args], timeout=timeout, cwd=cwd)
+    def call(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> Result:
+        return run_cmd([sys.executable, "-m", "toolkit.train", *args], timeout=timeout, cwd=cwd, env=env)
 
     return call
 
