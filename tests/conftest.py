@@ -53,6 +53,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("RTK_DEBUG", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # One intra-op thread per child: on a shared 2-core machine torch's two spinning
+    # OpenMP threads made a tiny run ~10x slower (7.3 s vs 0.8 s of training).
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
