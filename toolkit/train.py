@@ -24,23 +24,55 @@ from toolkit.errors import ConfigError, ToolkitError
 log = logging.getLogger("toolkit")
 
 
-def resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> Path | None:
-    """``last``: this run dir's last.ckpt, else the newest one among its sibling runs."""
-    if ckpt_path is None:
+def _mismatch(ckpt: dict, cfg: DictConfig) -> list[str]:
+    """The config keys whose values differ from the model stored in ``ckpt``."""
+    hp = ckpt["hyper_parameters"]
+    wanted = {"task.name": (hp.get("task_name"), cfg.task.name), "depth": (hp.get("depth"), cfg.depth),
+              "direction": (hp.get("direction"), cfg.direction),
+              "hidden_size": (hp.get("hidden_size"), cfg.hidden_size),
+              "cell": (hp.get("cell"), OmegaConf.to_container(cfg.cell, resolve=True))}
+    for key, value in cfg.model.items():
+        wanted[f"model.{key}"] = (hp.get(key), value)
+    return [f"{k}={new!r} (checkpoint: {old!r})" for k, (old, new) in wanted.items() if old != new]
+
+
+def resolve_ckpt(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from and its contents, or None.
+
+    ``last`` is this run dir's checkpoints/last.ckpt, else the newest last.ckpt of
+    a sibling run (e.g. runs/<task>/*) whose model has this exact config.
+    """
+    from toolkit.tasks.base import read_checkpoint
+
+    if cfg.ckpt_path is None:
         return None
-    if str(ckpt_path) == "last":
-        own = run_dir / "checkpoints" / "last.ckpt"
-        if own.is_file():
-            return own
-        found = sorted(run_dir.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt in {run_dir} or in the other "
-                              f"runs under {run_dir.parent}; pass the checkpoint's path instead")
-        return found[-1]
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return path
+    head = cfg.task.head
+    if str(cfg.ckpt_path) != "last":
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        ckpt = read_checkpoint(path, expect=head)
+        if diff := _mismatch(ckpt, cfg):
+            raise ConfigError(f"ckpt_path={path} was trained with another config: {'; '.join(diff)}")
+        return path, ckpt
+    own = run_dir / "checkpoints" / "last.ckpt"
+    found = [own] if own.is_file() else sorted(run_dir.parent.glob("*/checkpoints/last.ckpt"),
+                                                key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in found:
+        ckpt = read_checkpoint(path, expect=head)
+        diff = _mismatch(ckpt, cfg)
+        if not diff:
+            return path, ckpt
+        if path == own:
+            raise ConfigError(f"ckpt_path=last: {path} was trained with another config: {'; '.join(diff)}")
+    raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt of this config in {run_dir} or in the "
+                      f"other runs under {run_dir.parent}; pass the checkpoint's path instead")
+
+
+def first_epoch(ckpt: dict) -> int:
+    """The epoch a resumed run starts with: the next one after an end-of-epoch checkpoint."""
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    return ckpt["epoch"] + 1 if progress.get("is_last_batch", True) else ckpt["epoch"]
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -70,30 +102,36 @@ def train(cfg: DictConfig) -> float | None:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from hydra.core.hydra_config import HydraConfig
 
-    from toolkit.callbacks import EpochSeed
+    from toolkit.callbacks import Reproducible
     from toolkit.data.modules import DATA_MODULES
     from toolkit.summary import plot_curves, render
     from toolkit.tasks import HEADS
-    from toolkit.tasks.base import load_task
 
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     head, monitor = cfg.task.head, cfg.task.monitor
-    ckpt = resolve_ckpt(cfg.ckpt_path, run_dir)
-    if ckpt is not None:
-        load_task(ckpt, expect=head)  # a clear error for a wrong or damaged checkpoint, before training
+    resume = resolve_ckpt(cfg, run_dir)  # a clear error for a wrong or damaged checkpoint, before training
+    ckpt = resume[0] if resume else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     datamodule = DATA_MODULES[head](seed=cfg.seed, **data)
     datamodule.setup()
+    if resume:
+        # Lightning may build the resumed epoch's batches before any callback runs
+        datamodule.start_epoch = first_epoch(resume[1])
     model = HEADS[head](spec=datamodule.spec(), cell=OmegaConf.to_container(cfg.cell, resolve=True),
                         depth=cfg.depth, direction=cfg.direction, hidden_size=cfg.hidden_size,
                         task_name=cfg.task.name, **OmegaConf.to_container(cfg.model, resolve=True))
 
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                                 mode=cfg.task.mode, save_last=True, auto_insert_metric_name=False)
-    callbacks = [checkpoint, EpochSeed(cfg.seed)]
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=cfg.task.mode,
+                                 save_top_k=1, enable_version_counter=False)
+    # Lightning's save_last only refreshes last.ckpt when the best one changed; resuming
+    # needs the latest epoch whatever its score, so "last" is its own callback.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
+    callbacks = [checkpoint, latest, Reproducible(cfg.seed)]
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir),

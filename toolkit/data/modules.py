@@ -102,8 +102,9 @@ def _rank_and_world() -> tuple[int, int]:
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length, reshuffled per epoch from (seed, epoch) alone.
 
-    Deriving the order from the epoch number (Lightning calls ``set_epoch``) makes
-    a resumed run see exactly the batches an uninterrupted run would. Under DDP
+    Deriving the order from the epoch number alone (``toolkit.callbacks.Reproducible``
+    calls ``set_epoch(trainer.current_epoch)``) makes a resumed run see exactly the
+    batches an uninterrupted run would. Under DDP
     it shards whole batches across ranks itself (the Trainer runs with
     ``use_distributed_sampler=False``), so packing and padding stay per rank.
     """
@@ -114,12 +115,19 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
         self.seed, self.bucketing, self.pool, self.epoch = seed, bucketing, pool, 0
+        self._cache: tuple | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        """This rank's batches for the current epoch."""
+        """This rank's batches for the current epoch (computed once per epoch)."""
+        key = (self.epoch, self.bucketing, self.batch_size, *_rank_and_world())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._make_batches())
+        return self._cache[1]
+
+    def _make_batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.lengths)
         rank, world = _rank_and_world()
@@ -230,6 +238,8 @@ class _SplitDataModule(pl.LightningDataModule):
         self.encoded: dict[str, list[dict] | None] = {}
         self.vocab: Vocab | None = None
         self.labels: Labels | None = None
+        self.train_sampler: BucketBatchSampler | None = None
+        self.start_epoch = 0  # set when resuming
 
     def prepare_data(self) -> None:
         if self.vocab is None:
@@ -271,7 +281,10 @@ class _SplitDataModule(pl.LightningDataModule):
         return DataLoader(data, batch_sampler=sampler, collate_fn=self.collate)
 
     def train_dataloader(self):
-        return self._loader("train", True)
+        loader = self._loader("train", True)
+        self.train_sampler = loader.batch_sampler  # toolkit.callbacks.Reproducible sets its epoch
+        self.train_sampler.set_epoch(self.start_epoch)
+        return loader
 
     def val_dataloader(self):
         return self._loader("validation", False)

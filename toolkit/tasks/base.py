@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from toolkit.data.text import Labels, Vocab
-from toolkit.errors import CheckpointError, ConfigError
+from toolkit.errors import CheckpointError
 from toolkit.layers import Recurrent
 
 FORMAT_VERSION = 1  # bump when a checkpoint's hyper-parameters change meaning
@@ -56,8 +57,12 @@ class SequenceTask(pl.LightningModule):
                                 weight_decay=self.hparams.weight_decay)
 
 
-def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
-    """Rebuild a trained task from a checkpoint, loading tensors only (never pickled code)."""
+def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:
+    """A checkpoint's contents, loaded as tensors and plain data only (never pickled code).
+
+    Raises CheckpointError for a missing, truncated or foreign file, another format
+    version, or (with ``expect``) a model of another head.
+    """
     from toolkit.tasks import HEADS
 
     path = Path(path)
@@ -65,9 +70,12 @@ def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a checkpoint, or a pickle asking for code
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is not a checkpoint this toolkit can read safely: it is not a "
+                              "torch checkpoint, or unpickling it would run code") from None
+    except Exception as e:  # truncated or otherwise damaged
+        raise CheckpointError(f"checkpoint {path} cannot be read, it may be truncated or damaged "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not hp or "head" not in hp or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Recurrent Toolkit checkpoint")
@@ -78,12 +86,16 @@ def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
         raise CheckpointError(f"{path} holds a '{hp['head']}' model, which this toolkit cannot load")
     if expect is not None and hp["head"] != expect:
         raise CheckpointError(f"{path} holds a {hp['head']} model, not a {expect} model")
+    return ckpt
+
+
+def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
+    """Rebuild a trained task from a checkpoint (see :func:`read_checkpoint`)."""
+    from toolkit.tasks import HEADS
+
+    ckpt = read_checkpoint(path, expect)
+    hp = ckpt["hyper_parameters"]
     model = HEADS[hp["head"]](**{k: v for k, v in hp.items() if k != "head"})
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model
-
-
-def check_direction(direction: str) -> None:
-    if direction not in ("uni", "bi"):
-        raise ConfigError(f"direction={direction!r} must be 'uni' or 'bi'")
