@@ -323,29 +323,3 @@ def test_train_loader_batches_are_padded_tensors(tmp_path, private_hf_cache):
     for row, length in zip(batch["tags"], batch["lengths"].tolist()):
         assert (row[length:] == -100).all() and (row[:length] >= 0).all()
 
-
-def test_training_sees_a_new_batch_order_every_epoch(tmp_path, private_hf_cache):
-    """Lightning drives the epochs; the bucketed batches must still be reshuffled per epoch."""
-    import pytorch_lightning as pl
-
-    from toolkit.tasks import HEADS
-
-    rows = ["text,label"] + [f"{'good ' * (1 + i % 7)}film {i},{'pos' if i % 2 else 'neg'}" for i in range(200)]
-    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    dm = ClassificationDataModule(train_file=str(tmp_path / "train.csv"), batch_size=8, seed=0)
-    dm.setup()
-    seen: list[list[tuple]] = []
-
-    class Record(pl.Callback):
-        def on_train_batch_start(self, trainer, module, batch, i):
-            if i == 0:
-                seen.append([])
-            seen[-1].append(batch["tokens"].tolist())
-
-    model = HEADS["classification"](spec=dm.spec(), cell={"name": "rnn"}, hidden_size=4, embedding_dim=4)
-    trainer = pl.Trainer(max_epochs=3, limit_train_batches=5, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[Record()])
-    trainer.fit(model, datamodule=dm)
-    assert len(seen) == 3
-    assert seen[0] != seen[1] and seen[1] != seen[2]

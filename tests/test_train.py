@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 
 import pytest
 import torch
 import yaml
 
-from conftest import TINY, rtk_cmd
+from conftest import TINY, rtk_cmd, run_cmd
 
 SPELL = "Harry Potter and Hermione Granger invented a new spell."
 SPELL_TOKENS = ["Harry", "Potter", "and", "Hermione", "Granger", "invented", "a", "new", "spell", "."]
@@ -161,6 +162,36 @@ def test_resuming_from_a_checkpoint_of_another_head_fails_before_training(traine
     assert f"error: {ckpt} holds a classification model, not a tagging model" in r.stderr
     assert "Traceback" not in r.stderr
     assert not new_run.exists()
+
+
+RECORD_BATCHES = """
+import json, sys
+from toolkit.tasks.classification import ClassificationTask
+step, record = ClassificationTask.training_step, sys.argv[1]
+def recording_step(self, batch, i):
+    with open(record, "a") as f:
+        f.write(json.dumps([self.current_epoch, batch["tokens"].tolist()]) + "\\n")
+    return step(self, batch, i)
+ClassificationTask.training_step = recording_step
+from toolkit.train import run
+sys.argv = ["toolkit.train"] + sys.argv[2:]
+run()
+"""
+
+
+def test_training_sees_a_new_batch_order_every_epoch(workdir, tmp_path):
+    record = tmp_path / "batches.jsonl"
+    r = run_cmd([sys.executable, "-c", RECORD_BATCHES, str(record), "task=peptides", "hidden_size=8",
+                 "trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+                 "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "data.batch_size=8",
+                 "patience=null", f"hydra.run.dir={tmp_path / 'run'}"], cwd=workdir)
+    assert r.returncode == 0, r.explain()
+    epochs: dict[int, list] = {}
+    for line in record.read_text().splitlines():
+        epoch, tokens = json.loads(line)
+        epochs.setdefault(epoch, []).append(tokens)
+    assert sorted(epochs) == [0, 1, 2] and all(len(b) == 4 for b in epochs.values())
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
 
 
 # ----------------------------------------------------------------------------- user files
