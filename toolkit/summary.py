@@ -22,7 +22,7 @@ def plot_curves(metrics_csv: Path, out: Path, monitor: str) -> Path | None:
         if not row.get("epoch"):
             continue
         epoch = int(float(row["epoch"]))
-        for key in ("train_loss", "val_loss", monitor):
+        for key in ("train_loss_epoch", "val_loss", monitor):
             value = row.get(key)
             if value not in (None, ""):
                 series.setdefault(key, {})[epoch] = float(value)  # last value of the epoch
@@ -34,7 +34,7 @@ def plot_curves(metrics_csv: Path, out: Path, monitor: str) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for key in ("train_loss", "val_loss"):
+    for key in ("train_loss_epoch", "val_loss"):
         if key in series:
             xs = sorted(series[key])
             axes[0].plot(xs, [series[key][x] for x in xs], marker="o", label=key)

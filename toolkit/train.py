@@ -75,16 +75,44 @@ def first_epoch(ckpt: dict) -> int:
     return ckpt["epoch"] + 1 if progress.get("is_last_batch", True) else ckpt["epoch"]
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
+def csv_logger(run_dir: Path, resumed_step: int | None):
+    """run_dir/metrics.csv; resuming in the same run dir keeps the rows logged before the checkpoint."""
+    import csv
+
     from pytorch_lightning.loggers import CSVLogger
 
+    path = run_dir / "metrics.csv"
+    header, kept = [], []
+    if resumed_step is not None and path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            kept = [row for row in reader if row.get("step") and int(row["step"]) < resumed_step]
+    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    if kept:
+        writer = logger.experiment  # creating the writer clears metrics.csv
+        with path.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=header)
+            out.writeheader()
+            out.writerows(kept)
+        writer.metrics_keys = header  # new rows are appended under the same header
+    return logger
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, resumed_step: int | None = None) -> list:
     name = cfg.logger.name
     if name == "none":
         return []
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]  # run_dir/metrics.csv
+    loggers = [csv_logger(run_dir, resumed_step)]
     options = {k: v for k, v in OmegaConf.to_container(cfg.logger, resolve=True).items() if k != "name"}
     if name == "tensorboard":
         from pytorch_lightning.loggers import TensorBoardLogger
+
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("logger=tensorboard needs the tensorboard package: "
+                              "pip install 'recurrent-toolkit[tensorboard]'") from None
 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", **options))
     elif name == "wandb":
@@ -112,6 +140,8 @@ def train(cfg: DictConfig) -> float | None:
     head, monitor = cfg.task.head, cfg.task.monitor
     resume = resolve_ckpt(cfg, run_dir)  # a clear error for a wrong or damaged checkpoint, before training
     ckpt = resume[0] if resume else None
+    same_dir = resume is not None and resume[0].parent.parent.resolve() == run_dir.resolve()
+    resumed_step = resume[1]["global_step"] if same_dir else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
@@ -134,7 +164,7 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [checkpoint, latest, Reproducible(cfg.seed)]
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience))
-    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir),
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir, resumed_step),
                          callbacks=callbacks, default_root_dir=str(run_dir),
                          use_distributed_sampler=False)  # BucketBatchSampler shards batches itself
     if trainer.is_global_zero:

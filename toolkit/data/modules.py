@@ -79,7 +79,7 @@ def load_splits(kind: str, source: str | None, files: dict[str, str | None], opt
         train = out["train"]
         val_idx = [i for i in range(len(train)) if i % 10 == 1]
         keep = [i for i in range(len(train)) if i % 10 != 1]
-        log.warning("no data.val_file: using every 10th training example (i %% 10 == 1) for validation")
+        log.warning("no data.val_file: using every 10th training example (i % 10 == 1) for validation")
         out["validation"], out["train"] = train.select(val_idx), train.select(keep)
     return out
 

@@ -15,7 +15,7 @@ from toolkit.errors import ConfigError
 PAD, UNK = "<pad>", "<unk>"
 
 _TWEET = re.compile(r"https?://\S+|www\.\S+|[@#]\w+|\w+(?:[-'’]\w+)*|'\w+|[^\w\s]+")
-_WORDS = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?|[^\w\s]")
+_WORDS = re.compile(r"\w+(?:['’]\w+)?|[^\w\s]")  # \w is Unicode: café, naïve stay whole
 
 
 def tokenize(text: str, kind: str) -> list[str]:

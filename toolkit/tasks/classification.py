@@ -52,7 +52,7 @@ class ClassificationTask(SequenceTask):
 
     def training_step(self, batch, _):
         loss = F.cross_entropy(self(batch), batch["labels"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 
     def _eval_step(self, batch, stage):

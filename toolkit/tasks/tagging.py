@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from toolkit.data.modules import collate_tagging, encode_tagging
 from toolkit.data.text import SHAPES, Vocab, tokenize
+from toolkit.errors import ConfigError
 from toolkit.tasks.base import SequenceTask
 
 
@@ -43,6 +44,9 @@ class TaggingTask(SequenceTask):
 
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
                  char_kernel: int = 3, **kw):
+        if char_kernel < 1 or char_kernel % 2 == 0:
+            raise ConfigError(f"model.char_kernel={char_kernel} must be an odd whole number (the "
+                              "convolution keeps a word's length only with an odd width)")
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
                          char_kernel=char_kernel, **kw)
@@ -71,7 +75,7 @@ class TaggingTask(SequenceTask):
 
     def training_step(self, batch, _):
         loss, _ = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 
     def _eval_step(self, batch, stage):
