@@ -96,8 +96,11 @@ def test_metrics_csv_records_training_validation_and_test(trained, task, monitor
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     columns = set(rows[0])
-    assert {"epoch", "train_loss", "val_loss", monitor, "test_" + monitor[4:]} <= columns
+    assert {"epoch", "val_loss", monitor, "test_" + monitor[4:]} <= columns
+    train_loss = [c for c in columns if c == "train_loss" or c.startswith("train_loss_")]
+    assert train_loss, columns
     assert any(row[monitor] for row in rows)
+    assert any(row[c] for row in rows for c in train_loss)
 
 
 def test_predict_ner_prints_one_tag_per_token(trained, workdir):
