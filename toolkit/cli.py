@@ -65,8 +65,6 @@ def cmd_plugins(args: list[str]) -> int:
 def cmd_predict(args: list[str]) -> int:
     from pathlib import Path
 
-    from toolkit.tasks.base import load_task
-
     opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "predict")
     if "ckpt" not in opts:
         raise ConfigError("rtk predict: ckpt=<path to a .ckpt> is required")
@@ -84,6 +82,8 @@ def cmd_predict(args: list[str]) -> int:
     for i, text in enumerate(texts):
         if not text.strip():
             raise ConfigError(f"rtk predict: text number {i + 1} is empty")
+    from toolkit.tasks.base import load_task  # torch and Lightning: only once the arguments are good
+
     model = load_task(opts["ckpt"][0])
     for i, text in enumerate(texts):
         if model.head == "tagging":

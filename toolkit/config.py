@@ -11,7 +11,7 @@ import inspect
 
 from omegaconf import DictConfig, OmegaConf
 
-from toolkit.cells import available_cells, load_cell_class
+from toolkit.cells import available_cells, build_cell, load_cell_class
 from toolkit.errors import CellError, ConfigError
 
 
@@ -81,6 +81,7 @@ def validate(cfg: DictConfig) -> None:
         cls = load_cell_class(cfg.cell.name)
         hparams = {k: v for k, v in cfg.cell.items() if k not in ("name", "backend")}
         cls.validate_hparams(hparams, name=cfg.cell.name)
+        build_cell(cfg.cell.name, 2, 2, **hparams)  # a tiny one: catches bad values, not just bad names
     except CellError as e:
         errors.append(str(e))
     if cfg.cell.get("backend", "auto") not in ("auto", "native", "sequence", "loop"):

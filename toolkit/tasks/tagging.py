@@ -13,6 +13,48 @@ from toolkit.errors import ConfigError
 from toolkit.tasks.base import SequenceTask
 
 
+def bio_constraints(labels: list[str]) -> tuple[Tensor, Tensor] | None:
+    """For BIO tags: allowed[i, j] says tag j may follow tag i, start[j] that j may open a sentence.
+
+    ``I-x`` may only follow ``B-x`` or ``I-x``. None when the labels are not BIO.
+    """
+    if not all(t == "O" or t[:2] in ("B-", "I-") for t in labels):
+        return None
+    allowed = torch.ones(len(labels), len(labels), dtype=torch.bool)
+    for j, tag in enumerate(labels):
+        if tag.startswith("I-"):
+            for i, prev in enumerate(labels):
+                allowed[i, j] = prev != "O" and prev[2:] == tag[2:]
+    start = torch.tensor([not t.startswith("I-") for t in labels])
+    return allowed, start
+
+
+def viterbi(log_probs: Tensor, lengths: Tensor, allowed: Tensor, start: Tensor) -> list[list[int]]:
+    """The most probable tag sequence that obeys the transitions, per sentence.
+
+    log_probs: (B, T, K) per-token log-probabilities; lengths: (B,).
+    """
+    b, t, _ = log_probs.shape
+    blocked = torch.tensor(float("-inf"), device=log_probs.device)
+    trans = torch.where(allowed.to(log_probs.device), 0.0, blocked)  # (K, K)
+    score = log_probs[:, 0] + torch.where(start.to(log_probs.device), 0.0, blocked)  # (B, K)
+    back = []
+    for step in range(1, t):
+        best, idx = (score[:, :, None] + trans[None]).max(1)  # (B, K): best previous tag for each tag
+        live = (lengths.to(log_probs.device) > step)[:, None]  # (B, 1)
+        score = torch.where(live, best + log_probs[:, step], score)
+        back.append(idx)
+    paths = []
+    for i, n in enumerate(lengths.tolist()):
+        tag = int(score[i].argmax())
+        path = [tag]
+        for step in range(n - 1, 0, -1):
+            tag = int(back[step - 1][i, tag])
+            path.append(tag)
+        paths.append(path[::-1])
+    return paths
+
+
 class CharCNN(nn.Module):
     """A word's characters -> one vector: embed, convolve, max over the word (Chiu & Nichols 2016).
 
@@ -43,17 +85,20 @@ class TaggingTask(SequenceTask):
     head = "tagging"
 
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
-                 char_kernel: int = 3, **kw):
+                 char_kernel: int = 3, decode: str = "viterbi", **kw):
+        if decode not in ("viterbi", "greedy"):
+            raise ConfigError(f"model.decode={decode!r} must be 'viterbi' (BIO-valid tag sequences) or 'greedy'")
         if char_kernel < 1 or char_kernel % 2 == 0:
             raise ConfigError(f"model.char_kernel={char_kernel} must be an odd whole number (the "
                               "convolution keeps a word's length only with an odd width)")
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
-                         char_kernel=char_kernel, **kw)
+                         char_kernel=char_kernel, decode=decode, **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
         self.char_cnn = (CharCNN(len(self.hparams.spec["chars"]), char_dim, char_filters, char_kernel)
                          if char_filters > 0 else None)
         self.chars = Vocab(self.hparams.spec["chars"])
+        self.constraints = bio_constraints(self.labels.names) if decode == "viterbi" else None
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
@@ -67,6 +112,12 @@ class TaggingTask(SequenceTask):
             parts.append(self.char_cnn(batch["chars"]))  # (B, T, F)
         y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"])  # (B, T, H*D)
         return self.out(self.drop(y))  # (B, T, n_tags)
+
+    def decode(self, logits: Tensor, lengths: Tensor) -> list[list[int]]:
+        """(B, T, K) scores -> tag ids per sentence: BIO-constrained Viterbi, or argmax."""
+        if self.constraints is None:
+            return [row[:n] for row, n in zip(logits.argmax(-1).tolist(), lengths.tolist())]
+        return viterbi(logits.log_softmax(-1), lengths, *self.constraints)
 
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor]:
         logits = self(batch)
@@ -82,7 +133,8 @@ class TaggingTask(SequenceTask):
         loss, logits = self._loss(batch)
         self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=len(batch["lengths"]), sync_dist=True)
         names = self.labels.names
-        for pred, gold, n in zip(logits.argmax(-1).tolist(), batch["tags"].tolist(), batch["lengths"].tolist()):
+        for pred, gold, n in zip(self.decode(logits, batch["lengths"]), batch["tags"].tolist(),
+                                 batch["lengths"].tolist()):
             self._pred.append([names[i] for i in pred[:n]])
             self._gold.append([names[i] for i in gold[:n]])
 
@@ -125,5 +177,5 @@ class TaggingTask(SequenceTask):
             return []
         batch = collate_tagging([encode_tagging(tokens, self.vocab, spec["normalize"], self.chars)])
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        tags = self(batch)[0].argmax(-1).tolist()
+        tags = self.decode(self(batch), batch["lengths"])[0]
         return [(t, self.labels.names[i]) for t, i in zip(tokens, tags)]
