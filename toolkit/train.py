@@ -239,6 +239,10 @@ def main(cfg: DictConfig) -> float | None:
 
 def run() -> None:
     register_plugin_cells()
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        # A DDP rank that Lightning re-launched: only rank 0 writes files, so this
+        # rank logs to its console only (Lightning already sets output_subdir=null).
+        sys.argv.append("hydra/job_logging=stdout")
     main()
 
 
