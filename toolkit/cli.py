@@ -21,6 +21,8 @@ usage:
   rtk predict ckpt=PATH text="…" [text="…" …] [input=FILE]
                                  tag or classify text with a trained checkpoint
   rtk plugins                    list the registered cells, their plugin packages and backends
+  rtk report MULTIRUN_DIR [out=DIR]
+                                 one table (report.md, report.csv) and a plot (report.png) for a sweep
 
 examples:
   rtk train
@@ -97,7 +99,25 @@ def cmd_predict(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "plugins": cmd_plugins}
+def cmd_report(args: list[str]) -> int:
+    from pathlib import Path
+
+    from toolkit.report import write_report
+
+    positional = [a for a in args if "=" not in a]
+    opts = parse_pairs([a for a in args if "=" in a], {"dir": False, "out": False}, "report")
+    if len(positional) > 1 or (positional and "dir" in opts):
+        raise ConfigError("rtk report: give one multirun directory")
+    where = positional[0] if positional else opts.get("dir", [None])[0]
+    if where is None:
+        raise ConfigError("rtk report: give the multirun directory, e.g. rtk report multirun/2026-11-25_12-00-00")
+    out = Path(opts["out"][0]) if "out" in opts else None
+    for path in write_report(Path(where), out):
+        print(path)
+    return 0
+
+
+COMMANDS = {"predict": cmd_predict, "plugins": cmd_plugins, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ monitored validation metric (what a sweeper optimises).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -178,7 +179,7 @@ def train(cfg: DictConfig) -> float | None:
     seconds = time.perf_counter() - start
     test = None
     if datamodule.has_test():
-        best = "best" if checkpoint.best_model_path else None
+        best = checkpoint.best_model_path or None  # a path: "best" is ambiguous with two checkpoint callbacks
         test = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False,
                             weights_only=True)[0]
     if not trainer.is_global_zero:
@@ -190,7 +191,7 @@ def train(cfg: DictConfig) -> float | None:
         out = model.predict_text(example)
         prediction = (" ".join(f"{tok}/{tag}" for tok, tag in out) if head == "tagging"
                       else f"{out[0]} (p = {out[1]:.3f})")
-    plot = plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", monitor)
+    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", monitor)
     files = [p for p in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
                          "metrics.csv", "curves.png") if (run_dir / p).exists()]
     score = checkpoint.best_model_score
@@ -199,11 +200,17 @@ def train(cfg: DictConfig) -> float | None:
         import torch
 
         best_epoch = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["epoch"] + 1
+    results = {"task": cfg.task.name, "cell": cfg.cell.name, "backend": model.rnn.backend,
+               "depth": cfg.depth, "direction": cfg.direction, "hidden_size": cfg.hidden_size,
+               "params": sum(p.numel() for p in model.parameters()), "epochs": trainer.current_epoch,
+               "best_epoch": best_epoch, "seconds": round(seconds, 2), "monitor": monitor,
+               "best_val": float(score) if score is not None else None,
+               "test": {k: float(v) for k, v in (test or {}).items()}}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # read by `rtk report`
     text = render(task=cfg.task.name, cell=cfg.cell.name, backend=model.rnn.backend, depth=cfg.depth,
-                  direction=cfg.direction, hidden_size=cfg.hidden_size,
-                  params=sum(p.numel() for p in model.parameters()), epochs=trainer.current_epoch,
-                  best_epoch=best_epoch, seconds=seconds, test=test, run_dir=run_dir,
-                  files=files + ["summary.txt"], example=example,
+                  direction=cfg.direction, hidden_size=cfg.hidden_size, params=results["params"],
+                  epochs=trainer.current_epoch, best_epoch=best_epoch, seconds=seconds, test=test,
+                  run_dir=run_dir, files=files + ["results.json", "summary.txt"], example=example,
                   prediction=prediction, resumed_from=str(ckpt) if ckpt else None)
     (run_dir / "summary.txt").write_text(text + "\n")
     print(text, flush=True)
