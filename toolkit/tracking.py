@@ -10,7 +10,7 @@ import netrc
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from toolkit.errors import ConfigError
 
@@ -49,5 +49,4 @@ def wandb_logger(cfg: DictConfig, run_dir: Path, *, project: str, entity: str | 
     return WandbLogger(
         project=project, entity=entity, group=group or sweep_group(), tags=list(tags or []),
         offline=bool(offline), save_dir=str(run_dir), log_model=log_model and not offline,
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    )  # the train app logs the resolved config through log_hyperparams
