@@ -60,7 +60,22 @@ def plugins(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache(monkeypatch):
+def _only_the_toolkits_own_cells(monkeypatch):
+    """Hide pip-installed plugins (e.g. plugins/ in CI): these tests pin the built-ins plus their own fakes."""
+    real = importlib.metadata.entry_points
+
+    def core_only(**kw):
+        found = real(**kw)
+        if kw.get("group") != registry.GROUP:
+            return found
+        return [ep for ep in found if getattr(ep, "dist", None) is None
+                or registry._normalise(ep.dist.metadata["Name"]) == registry.CORE_DISTRIBUTION]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", core_only)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(monkeypatch, _only_the_toolkits_own_cells):
     monkeypatch.delenv(registry.DISABLE_ENV, raising=False)
     clear_cell_cache()
     cached = registry._discover  # the `plugins` fixture may still have it replaced at teardown
