@@ -8,6 +8,7 @@ and, where there is one, the line.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from toolkit.errors import DataError
 
 _BIO = re.compile(r"O|[BI]-\S+")
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
 def read_text(path: str | Path) -> str:
@@ -34,6 +36,16 @@ def read_text(path: str | Path) -> str:
     return text
 
 
+def lines(text: str) -> list[str]:
+    """Lines as an editor numbers them: broken at \\n, \\r\\n or \\r only.
+
+    ``str.splitlines`` also breaks at U+2028, U+0085, form feeds and other
+    separators, which may sit inside a token or a JSON string, and then the line
+    numbers in errors would not match the file.
+    """
+    return _NEWLINE.split(text)
+
+
 def read_conll(
     path: str | Path,
     token_col: int = 0,
@@ -51,7 +63,7 @@ def read_conll(
     tokens: list[str] = []
     tags: list[str] = []
     ncols = None
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(lines(read_text(path)), start=1):
         if not line.strip() or line.startswith("-DOCSTART-"):
             if tokens:
                 sentences.append({"tokens": tokens, "tags": tags})
@@ -119,7 +131,8 @@ def read_table(path: str | Path, text_col: str = "text", label_col: str = "label
 
 
 def _csv_rows(path: Path, text: str):
-    reader = csv.reader(text.splitlines())
+    # the csv module reads the line breaks itself: a quoted field may hold one
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
         width = len(header)
@@ -137,13 +150,21 @@ def _csv_rows(path: Path, text: str):
 
 
 def _jsonl_rows(path: Path, text: str):
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(lines(text), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, arrays nested 10,000 deep
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+            raise DataError(f"{path}:{lineno}: JSON this reader cannot take ({reason})") from None
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{path}:{lineno}: a \\u escape that is not a Unicode character "
+                            "(a lone surrogate)") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object per line")
         yield lineno, row

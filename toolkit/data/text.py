@@ -92,7 +92,7 @@ class Vocab:
     @classmethod
     def build(cls, tokens: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocab":
         """Tokens seen at least ``min_count`` times, most frequent first (ties by first sight)."""
-        if min_count < 1:
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ConfigError(f"data.min_count={min_count} must be at least 1")
         counts = Counter(tokens)
         kept = [t for t, n in counts.most_common() if n >= min_count and t not in (PAD, UNK)]
