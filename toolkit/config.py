@@ -38,11 +38,18 @@ def _positive_int(cfg: DictConfig, key: str, errors: list[str]) -> None:
         errors.append(f"{key}={value!r} must be a whole number of at least 1")
 
 
+_TRAINER_INTS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "log_every_n_steps",
+                 "accumulate_grad_batches", "num_sanity_val_steps", "check_val_every_n_epoch")
+_TRAINER_NUMBERS = ("gradient_clip_val", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+                    "limit_predict_batches", "val_check_interval")
+
+
 def _trainer_keys(errors: list[str], trainer: dict) -> None:
     from pytorch_lightning import Trainer
 
     accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
-    reserved = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "use_distributed_sampler"}
+    reserved = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "use_distributed_sampler",
+                "plugins"}
     for key in trainer:
         if key in reserved:
             errors.append(f"trainer.{key} is set by the toolkit; use logger=… or the run dir instead")
@@ -50,6 +57,12 @@ def _trainer_keys(errors: list[str], trainer: dict) -> None:
             hint = difflib.get_close_matches(key, accepted, n=1)
             errors.append(f"trainer.{key} is not a Lightning Trainer argument"
                           + (f" (did you mean trainer.{hint[0]}?)" if hint else ""))
+        elif trainer[key] is not None and not isinstance(trainer[key], bool) and (
+                key in _TRAINER_INTS and not isinstance(trainer[key], int)
+                or key in _TRAINER_NUMBERS and not isinstance(trainer[key], (int, float))):
+            # Lightning would only fail mid-run (an assertion deep in its loops)
+            kind = "a whole number" if key in _TRAINER_INTS else "a number"
+            errors.append(f"trainer.{key}={trainer[key]!r} must be {kind}")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -25,3 +25,7 @@ class CellError(ToolkitError):
 
 class CheckpointError(ToolkitError):
     """A checkpoint cannot be loaded or does not fit the command."""
+
+
+class NumericError(ToolkitError):
+    """Training produced a loss or gradient that is not a finite number."""
