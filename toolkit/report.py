@@ -46,7 +46,9 @@ def _job_order(name: str):
     return (0, int(name)) if name.isdigit() else (1, name)
 
 
-def _fmt(value) -> str:
+def _fmt(value, column: str = "") -> str:
+    if column == "seconds" and isinstance(value, (int, float)):
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, int):
@@ -67,7 +69,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Path]:
     lines = [f"# Sweep {sweep_dir.name}", "",
              f"{len(rows)} jobs; swept: {', '.join(swept) or '(nothing differs)'}", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(row.get(c), c) for c in columns) + " |" for row in rows]
     md_path.write_text("\n".join(lines) + "\n")
     _plot(rows, swept, png_path)
     return [md_path, csv_path, png_path]
