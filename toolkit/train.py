@@ -131,7 +131,7 @@ def train(cfg: DictConfig) -> float | None:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from hydra.core.hydra_config import HydraConfig
 
-    from toolkit.callbacks import Reproducible
+    from toolkit.callbacks import AtomicCheckpointIO, NonFinite, Reproducible
     from toolkit.data.modules import DATA_MODULES
     from toolkit.summary import plot_curves, render
     from toolkit.tasks import HEADS
@@ -162,11 +162,11 @@ def train(cfg: DictConfig) -> float | None:
     # needs the latest epoch whatever its score, so "last" is its own callback.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                              enable_version_counter=False)
-    callbacks = [checkpoint, latest, Reproducible(cfg.seed)]
+    callbacks = [checkpoint, latest, Reproducible(cfg.seed), NonFinite()]
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir, resumed_step),
-                         callbacks=callbacks, default_root_dir=str(run_dir),
+                         callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                          use_distributed_sampler=False)  # BucketBatchSampler shards batches itself
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -238,10 +238,23 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("RTK_DEBUG") == "1":
             raise
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if run_dir.is_dir() and not (run_dir / "checkpoints").exists():
+        if _half_made(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-made is left looking like a run
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+# What a run writes before its first checkpoint; a run dir holding anything else
+# (the user's own files, a checkpoint) is never removed.
+_RUN_FILES = {".hydra", "train.log", "config.yaml", "hparams.yaml", "metrics.csv", "tensorboard", "wandb",
+              "checkpoints"}
+
+
+def _half_made(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds only what this failed run wrote, and no checkpoint."""
+    if not run_dir.is_dir() or any((run_dir / "checkpoints").glob("*.ckpt")):
+        return False
+    return all(p.name in _RUN_FILES for p in run_dir.iterdir())
 
 
 def run() -> None:
@@ -255,3 +268,6 @@ def run() -> None:
 
 if __name__ == "__main__":
     run()
+    from toolkit.overrides import check_or_exit
+
+    check_or_exit()  # a misspelt key or an unwritable run dir: one sentence, before Hydra starts

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from toolkit.data import readers, sources
 from toolkit.data.text import Labels, Vocab, normalize, shape, tokenize
-from toolkit.errors import ConfigError, DataError
+from toolkit.errors import ConfigError, DataError, ToolkitError
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
@@ -70,10 +70,15 @@ def load_splits(kind: str, source: str | None, files: dict[str, str | None], opt
         if source is None:
             _generate_check(kind, origin, options)  # errors name the file, not the HF cache
         key = hashlib.sha1(repr((kind, _stamp(origin), split, sorted(options.items()))).encode()).hexdigest()
-        out[split] = datasets.Dataset.from_generator(
-            _generate,
-            gen_kwargs={"kind": kind, "origin": origin, "split": split, "options": options, "stamp": key},
-        )
+        try:
+            out[split] = datasets.Dataset.from_generator(
+                _generate,
+                gen_kwargs={"kind": kind, "origin": origin, "split": split, "options": options, "stamp": key},
+            )
+        except datasets.exceptions.DatasetGenerationError as e:
+            if isinstance(e.__cause__, ToolkitError):  # e.g. a named source's package is not installed
+                raise e.__cause__ from None
+            raise
     if source is None and out["validation"] is None:
         # No validation file: carve it out of the training file by the standard rule.
         train = out["train"]
@@ -228,6 +233,11 @@ class _SplitDataModule(pl.LightningDataModule):
                  max_vocab: int | None = None, batch_size: int = 32, eval_batch_size: int = 256,
                  bucketing: bool = True, seed: int = 0, **reader_options):
         super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                           ("min_count", min_count), ("max_vocab", max_vocab)):
+            if (value is not None or key != "max_vocab") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.{key}={value!r} must be a whole number of at least 1")
         self.source = source
         self.files = {"train": train_file, "validation": val_file, "test": test_file}
         self.tokenizer, self.norm = tokenizer, normalize

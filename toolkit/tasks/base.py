@@ -9,11 +9,17 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from toolkit.cells import available_cells, cell_entries
 from toolkit.data.text import Labels, Vocab
 from toolkit.errors import CheckpointError
 from toolkit.layers import Recurrent
 
 FORMAT_VERSION = 1  # bump when a checkpoint's hyper-parameters change meaning
+
+
+def _cell_plugin(name: str) -> dict | None:
+    entry = next((e for e in cell_entries() if e.name == name), None)
+    return {"distribution": entry.dist, "version": entry.version} if entry else None
 
 
 class SequenceTask(pl.LightningModule):
@@ -34,6 +40,8 @@ class SequenceTask(pl.LightningModule):
         self.hparams["head"] = self.head  # tells load_task which class to rebuild
         self.vocab = Vocab(spec["vocab"])
         self.labels = Labels(spec["labels"])
+        # names the plugin to install where a checkpoint meets a machine without its cell
+        self.hparams["cell_plugin"] = _cell_plugin(cell["name"])
         self.embed = nn.Embedding(len(self.vocab), embedding_dim, padding_idx=0)
         self.drop = nn.Dropout(dropout)
         cell_hparams = {k: v for k, v in cell.items() if k not in ("name", "backend")}
@@ -86,11 +94,44 @@ def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:
         raise CheckpointError(f"{path} holds a '{hp['head']}' model, which this toolkit cannot load")
     if expect is not None and hp["head"] != expect:
         raise CheckpointError(f"{path} holds a {hp['head']} model, not a {expect} model")
+    if where := _hydra_key(hp):
+        raise CheckpointError(f"{path} holds a Hydra instantiation key ({where}); a checkpoint's "
+                              "hyper-parameters can only rebuild toolkit heads and registered cells")
+    cell = hp.get("cell")
+    if not isinstance(cell, dict) or not isinstance(cell.get("name"), str):
+        raise CheckpointError(f"{path} names no recurrent cell, so it is not a Recurrent Toolkit checkpoint")
+    if cell["name"] not in available_cells():
+        plugin = hp.get("cell_plugin") or {}
+        dist = plugin.get("distribution") if isinstance(plugin, dict) else None
+        install = (f"pip install '{dist}=={plugin.get('version')}'" if dist and plugin.get("version")
+                   else "pip install <the plugin that provides it>")
+        raise CheckpointError(f"{path} needs the cell '{cell['name']}'"
+                              + (f" from the plugin {dist}" if dist else "")
+                              + f", which is not installed; install it with: {install} (rtk plugins lists "
+                              "the installed cells)")
     return ckpt
 
 
 def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
     """Rebuild a trained task from a checkpoint (see :func:`read_checkpoint`)."""
+_HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def _hydra_key(node, where: str = "hyper_parameters") -> str | None:
+    """Where ``node`` holds a key Hydra's instantiate would act on (``_target_``, …), or None."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _HYDRA_KEYS:
+                return f"{where}.{key}"
+            if found := _hydra_key(value, f"{where}.{key}"):
+                return found
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            if found := _hydra_key(value, f"{where}[{i}]"):
+                return found
+    return None
+
+
     from toolkit.tasks import HEADS
 
     ckpt = read_checkpoint(path, expect)
