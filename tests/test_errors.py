@@ -88,15 +88,15 @@ TAGGED = "Harry B-PER\nPotter I-PER\nreads O\n\nHermione B-PER\nsmiles O\n\n" * 
 TABLE = "text,label\n" + "a witty film,good\na dull mess,bad\n" * 10
 
 
-def make_checkpoint(path: Path, head: str = "classification", **hparams) -> Path:
-    """A small but real toolkit checkpoint (no training), with ``hparams`` overriding the stored ones."""
+def make_checkpoint(path: Path, kind: str = "classification", **hparams) -> Path:
+    """A small but real toolkit checkpoint of a ``kind`` head (no training); ``hparams`` override the stored ones."""
     from toolkit.tasks import HEADS
 
-    spec = {"kind": head, "tokenizer": "words", "normalize": "lower", "vocab": ["<pad>", "<unk>", "a", "film"],
-            "labels": ["bad", "good"] if head == "classification" else ["B-PER", "I-PER", "O"]}
-    if head == "tagging":
+    spec = {"kind": kind, "tokenizer": "words", "normalize": "lower", "vocab": ["<pad>", "<unk>", "a", "film"],
+            "labels": ["bad", "good"] if kind == "classification" else ["B-PER", "I-PER", "O"]}
+    if kind == "tagging":
         spec["chars"] = ["<pad>", "<unk>", "a"]
-    model = HEADS[head](spec=spec, cell={"name": "lstm", "backend": "auto"}, hidden_size=8, task_name="peptides",
+    model = HEADS[kind](spec=spec, cell={"name": "lstm", "backend": "auto"}, hidden_size=8, task_name="peptides",
                         embedding_dim=8)
     hp = {**dict(model.hparams), **hparams}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hp, "epoch": 0, "global_step": 0}, path)
