@@ -125,6 +125,19 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed_step: int | None = None
     return loggers
 
 
+def log_samples(trainer, model, datamodule, n: int = 20) -> None:
+    """Gold vs predicted on the first test (else validation) examples, as a W&B table."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    split = datamodule.raw.get("test") or datamodule.raw.get("validation")
+    if not wandb_loggers or split is None:
+        return
+    columns, rows = model.sample_table(split.select(range(min(n, len(split)))))
+    for lg in wandb_loggers:
+        lg.log_text(key="samples", columns=columns, data=rows)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train, test and summarise one configuration; returns the best validation score."""
     import pytorch_lightning as pl
@@ -168,6 +181,9 @@ def train(cfg: DictConfig) -> float | None:
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir, resumed_step),
                          callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                          use_distributed_sampler=False)  # BucketBatchSampler shards batches itself
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(resolved)  # the whole resolved config: hparams.yaml, W&B config
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         log.info("task=%s cell=%s (%s backend) depth=%d direction=%s hidden_size=%d · run dir %s",
@@ -185,6 +201,7 @@ def train(cfg: DictConfig) -> float | None:
     if not trainer.is_global_zero:
         return None
 
+    log_samples(trainer, model, datamodule)
     example = cfg.task.get("example")
     prediction = None
     if example:
@@ -227,6 +244,19 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# What a run writes before its first checkpoint; a run dir holding anything else
+# (the user's own files, a checkpoint) is never removed.
+_RUN_FILES = {".hydra", "train.log", "config.yaml", "hparams.yaml", "metrics.csv", "tensorboard", "wandb",
+              "checkpoints"}
+
+
+def _half_made(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds only what this failed run wrote, and no checkpoint."""
+    if not run_dir.is_dir() or any((run_dir / "checkpoints").glob("*.ckpt")):
+        return False
+    return all(p.name in _RUN_FILES for p in run_dir.iterdir())
+
+
 @hydra.main(version_base="1.3", config_path="pkg://toolkit.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -244,21 +274,11 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
 
 
-# What a run writes before its first checkpoint; a run dir holding anything else
-# (the user's own files, a checkpoint) is never removed.
-_RUN_FILES = {".hydra", "train.log", "config.yaml", "hparams.yaml", "metrics.csv", "tensorboard", "wandb",
-              "checkpoints"}
-
-
-def _half_made(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds only what this failed run wrote, and no checkpoint."""
-    if not run_dir.is_dir() or any((run_dir / "checkpoints").glob("*.ckpt")):
-        return False
-    return all(p.name in _RUN_FILES for p in run_dir.iterdir())
-
-
 def run() -> None:
+    from toolkit.overrides import check_or_exit
+
     register_plugin_cells()
+    check_or_exit()  # a misspelt key or an unwritable run dir: one sentence, before Hydra starts
     if os.environ.get("LOCAL_RANK", "0") != "0":
         # A DDP rank that Lightning re-launched: only rank 0 writes files, so this
         # rank logs to its console only (Lightning already sets output_subdir=null).
@@ -268,6 +288,3 @@ def run() -> None:
 
 if __name__ == "__main__":
     run()
-    from toolkit.overrides import check_or_exit
-
-    check_or_exit()  # a misspelt key or an unwritable run dir: one sentence, before Hydra starts

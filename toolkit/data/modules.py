@@ -250,6 +250,7 @@ class _SplitDataModule(pl.LightningDataModule):
         self.labels: Labels | None = None
         self.train_sampler: BucketBatchSampler | None = None
         self.start_epoch = 0  # set when resuming
+        self.raw: dict = {}
 
     def prepare_data(self) -> None:
         if self.vocab is None:
@@ -266,6 +267,7 @@ class _SplitDataModule(pl.LightningDataModule):
         self.vocab = Vocab.build(self._train_tokens(train), self.min_count, self.max_vocab)
         self.labels = Labels(sorted(self._train_labels(train)))
         self.encoded = {s: (None if d is None else self._encode_split(d, s)) for s, d in splits.items()}
+        self.raw = splits  # the examples as read (for sample predictions)
 
     def _where(self, split: str) -> str:
         return f"data.source={self.source}" if self.source else str(self.files[split] or self.files["train"])

@@ -36,12 +36,14 @@ class SequenceTask(pl.LightningModule):
                  rnn_dropout: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.0,
                  task_name: str = "", format_version: int = FORMAT_VERSION, **extra):
         super().__init__()
-        self.save_hyperparameters()
+        # Kept in the checkpoint, not sent to loggers (the vocabulary alone is thousands
+        # of entries); the train app logs the resolved Hydra config instead.
+        self.save_hyperparameters(logger=False)
         self.hparams["head"] = self.head  # tells load_task which class to rebuild
-        self.vocab = Vocab(spec["vocab"])
-        self.labels = Labels(spec["labels"])
         # names the plugin to install where a checkpoint meets a machine without its cell
         self.hparams["cell_plugin"] = _cell_plugin(cell["name"])
+        self.vocab = Vocab(spec["vocab"])
+        self.labels = Labels(spec["labels"])
         self.embed = nn.Embedding(len(self.vocab), embedding_dim, padding_idx=0)
         self.drop = nn.Dropout(dropout)
         cell_hparams = {k: v for k, v in cell.items() if k not in ("name", "backend")}
@@ -92,8 +94,6 @@ def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:
                               f"this toolkit reads format {FORMAT_VERSION}")
     if hp["head"] not in HEADS:
         raise CheckpointError(f"{path} holds a '{hp['head']}' model, which this toolkit cannot load")
-    if expect is not None and hp["head"] != expect:
-        raise CheckpointError(f"{path} holds a {hp['head']} model, not a {expect} model")
     if where := _hydra_key(hp):
         raise CheckpointError(f"{path} holds a Hydra instantiation key ({where}); a checkpoint's "
                               "hyper-parameters can only rebuild toolkit heads and registered cells")
@@ -109,11 +109,11 @@ def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:
                               + (f" from the plugin {dist}" if dist else "")
                               + f", which is not installed; install it with: {install} (rtk plugins lists "
                               "the installed cells)")
+    if expect is not None and hp["head"] != expect:
+        raise CheckpointError(f"{path} holds a {hp['head']} model, not a {expect} model")
     return ckpt
 
 
-def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
-    """Rebuild a trained task from a checkpoint (see :func:`read_checkpoint`)."""
 _HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
@@ -132,6 +132,8 @@ def _hydra_key(node, where: str = "hyper_parameters") -> str | None:
     return None
 
 
+def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
+    """Rebuild a trained task from a checkpoint (see :func:`read_checkpoint`)."""
     from toolkit.tasks import HEADS
 
     ckpt = read_checkpoint(path, expect)

@@ -82,3 +82,11 @@ class ClassificationTask(SequenceTask):
         probs = self(batch).softmax(-1)[0]
         i = int(probs.argmax())
         return self.labels.names[i], float(probs[i])
+
+    def sample_table(self, examples) -> tuple[list[str], list[list]]:
+        """Gold and predicted labels for a few raw examples (a table for the experiment tracker)."""
+        rows = []
+        for ex in examples:
+            label, prob = self.predict_text(ex["text"])
+            rows.append([ex["text"], ex["label"], label, round(prob, 4)])
+        return ["text", "gold", "predicted", "probability"], rows

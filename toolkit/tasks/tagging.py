@@ -171,11 +171,18 @@ class TaggingTask(SequenceTask):
     @torch.no_grad()
     def predict_text(self, text: str) -> list[tuple[str, str]]:
         """Raw text -> [(token, tag), ...] with the tokenizer the model was trained with."""
-        spec = self.hparams.spec
-        tokens = tokenize(text, spec["tokenizer"])
-        if not tokens:
-            return []
-        batch = collate_tagging([encode_tagging(tokens, self.vocab, spec["normalize"], self.chars)])
+        tokens = tokenize(text, self.hparams.spec["tokenizer"])
+        return list(zip(tokens, self.predict_tokens(tokens))) if tokens else []
+
+    @torch.no_grad()
+    def predict_tokens(self, tokens: list[str]) -> list[str]:
+        """Already split tokens -> one tag each."""
+        batch = collate_tagging([encode_tagging(tokens, self.vocab, self.hparams.spec["normalize"], self.chars)])
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        tags = self.decode(self(batch), batch["lengths"])[0]
-        return [(t, self.labels.names[i]) for t, i in zip(tokens, tags)]
+        return [self.labels.names[i] for i in self.decode(self(batch), batch["lengths"])[0]]
+
+    def sample_table(self, examples) -> tuple[list[str], list[list[str]]]:
+        """Gold and predicted tags for a few raw examples (a table for the experiment tracker)."""
+        rows = [[" ".join(ex["tokens"]), " ".join(ex["tags"]), " ".join(self.predict_tokens(ex["tokens"]))]
+                for ex in examples]
+        return ["tokens", "gold", "predicted"], rows
