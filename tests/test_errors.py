@@ -195,10 +195,11 @@ def test_misspelt_key_gets_the_right_one_suggested(app, override, sentence):
 
 
 def test_unknown_group_option_lists_the_options(app):
-    from toolkit.cells import available_cells
-
-    assert app("cell=lsmt") == (2, f"error: cell=lsmt is not an option of 'cell'; options: "
-                                   f"{', '.join(available_cells())} (did you mean cell=lstm?)")
+    code, line = app("cell=lsmt")
+    assert code == 2 and line.startswith("error: cell=lsmt is not an option of 'cell'; options: ")
+    assert line.endswith(" (did you mean cell=lstm?)")
+    # other tests may add plugin cells to Hydra's config store, so only the built-ins are pinned
+    assert all(f"{name}," in line or f"{name} (" in line for name in ("gru", "gru_simple", "lstm", "rnn"))
 
 
 @pytest.mark.parametrize("override, sentence", [
