@@ -319,11 +319,22 @@ def test_run_dir_under_a_file(app, tmp_path):
                                "set hydra.run.dir=<a directory you can write>")
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-                    reason="root writes through permission bits")
-def test_run_dir_without_permission(app, tmp_path):
+def test_run_dir_without_permission(app, tmp_path, monkeypatch):
+    import os
+    import tempfile
+
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:
+        # root writes through permission bits (CI runs as root): refuse as the OS refuses anyone else
+        real = tempfile.TemporaryDirectory
+
+        def refuse(*args, dir=None, **kw):
+            if dir is not None and os.path.samefile(dir, locked):
+                raise PermissionError(13, "Permission denied", str(dir))
+            return real(*args, dir=dir, **kw)
+
+        monkeypatch.setattr(tempfile, "TemporaryDirectory", refuse)
     try:
         code, line = app("task=peptides", run_dir=locked / "run")
     finally:
