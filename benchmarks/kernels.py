@@ -1,0 +1,156 @@
+"""Layer-level benchmarks: the toolkit's Recurrent vs bare torch modules and vs a big matmul."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from benchmarks.report import Row
+from benchmarks.timing import compare
+from toolkit.layers import Recurrent
+
+TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+@dataclass
+class Shape:
+    T: int = 100
+    B: int = 32
+    I: int = 128
+    H: int = 256
+
+
+def torch_twin(layer: Recurrent) -> nn.Module:
+    """The bare torch module computing exactly what ``layer`` computes (its weights copied in)."""
+    ref = TORCH_MODULES[layer.cell_name](layer.input_size, layer.hidden_size, layer.num_layers,
+                                         batch_first=True, bidirectional=layer.bidirectional)
+    D = layer.num_directions
+    with torch.no_grad():
+        for i, cell in enumerate(layer.cells):
+            suffix = f"_l{i // D}" + ("_reverse" if i % D else "")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(ref, name + suffix).copy_(getattr(cell, name))
+    return ref
+
+
+def run_torch(ref: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+    if lengths is None:
+        return ref(x)[0]
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    return pad_packed_sequence(ref(packed)[0], batch_first=True, total_length=x.size(1))[0]
+
+
+def run_layer(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+    return layer(x, lengths=lengths)[0]
+
+
+def step(fn, module: nn.Module, x: Tensor, lengths: Tensor | None, train: bool):
+    """One forward (+ backward when ``train``) as a zero-argument callable."""
+    def train_step():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        fn(module, x, lengths).sum().backward()
+
+    @torch.no_grad()
+    def infer_step():
+        fn(module, x, lengths)
+
+    return train_step if train else infer_step
+
+
+def inputs(s: Shape, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """x (B, T, I) and variable lengths in 1..T (one of them T, as a collated batch has)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(s.B, s.T, s.I, generator=g).requires_grad_()
+    lengths = torch.randint(1, s.T + 1, (s.B,), generator=g)
+    lengths[0] = s.T
+    return x, lengths
+
+
+def layer_overhead(s: Shape, repeats: int, warmup: int) -> list[Row]:
+    x, var = inputs(s)
+    rows = []
+    for cell in ("lstm", "gru", "rnn"):
+        for bi in (False, True):
+            for layers in (1, 2):
+                torch.manual_seed(0)
+                layer = Recurrent(cell, s.I, s.H, num_layers=layers, bidirectional=bi, backend="auto")
+                ref = torch_twin(layer)
+                for lengths in (None, var):
+                    with torch.no_grad():  # the comparison is only meaningful if they agree
+                        a, b = run_layer(layer, x, lengths), run_torch(ref, x, lengths)
+                        assert torch.allclose(a, b, atol=1e-5), f"{cell}: Recurrent and nn.{cell.upper()} disagree"
+                    for train in (True, False):
+                        layer.train(train), ref.train(train)
+                        t = compare({"toolkit": step(run_layer, layer, x, lengths, train),
+                                     "torch": step(run_torch, ref, x, lengths, train)}, repeats, warmup)
+                        case = (f"{cell} {'bi' if bi else 'uni'} L{layers} "
+                                f"{'fixed' if lengths is None else 'variable'}, {'fwd+bwd' if train else 'inference'}")
+                        rows.append(Row("layer overhead", case,
+                                        f"{t['toolkit'] * 1e3:.1f} ms ({layer.backend}) vs nn.{ref.__class__.__name__} "
+                                        f"{t['torch'] * 1e3:.1f} ms",
+                                        t["toolkit"] / t["torch"], target=("<=", 1.05)))
+    return rows
+
+
+CUSTOM_CELLS = {"peephole_lstm": {}, "gru reset=before": {"reset": "before"}, "layernorm_lstm": {}}
+CUSTOM_TARGETS = {True: ("<=", 1.5), False: ("<=", 1.3)}  # fwd+bwd, inference
+
+
+def custom_cells(s: Shape, repeats: int, warmup: int) -> list[Row]:
+    x, _ = inputs(s)
+    torch.manual_seed(0)
+    ref = nn.LSTM(s.I, s.H, batch_first=True)
+    layers = {name: Recurrent(name.split()[0], s.I, s.H, backend="auto", **hp) for name, hp in CUSTOM_CELLS.items()}
+    rows = []
+    for train in (True, False):
+        for m in (ref, *layers.values()):
+            m.train(train)
+        candidates = {"nn.LSTM": step(run_torch, ref, x, None, train)}
+        candidates.update({name: step(run_layer, layer, x, None, train) for name, layer in layers.items()})
+        t = compare(candidates, repeats, warmup)
+        for name, layer in layers.items():
+            rows.append(Row("custom cells", f"{name}, {'fwd+bwd' if train else 'inference'}",
+                            f"{t[name] * 1e3:.1f} ms ({layer.backend}) vs nn.LSTM {t['nn.LSTM'] * 1e3:.1f} ms",
+                            t[name] / t["nn.LSTM"], target=CUSTOM_TARGETS[train]))
+    return rows
+
+
+def throughput(s: Shape, matmul_n: int, repeats: int, warmup: int) -> list[Row]:
+    x, _ = inputs(s)
+    torch.manual_seed(0)
+    layer = Recurrent("lstm", s.I, s.H, backend="auto").eval()
+    ref = torch_twin(layer).eval()
+    a, b = torch.randn(matmul_n, matmul_n), torch.randn(matmul_n, matmul_n)
+    t = compare({"matmul": lambda: torch.mm(a, b),
+                 "toolkit": step(run_layer, layer, x, None, False),
+                 "torch": step(run_torch, ref, x, None, False)}, repeats, warmup)
+    peak = 2 * matmul_n ** 3 / t["matmul"] / 1e9
+    flops = 2 * s.B * s.T * 4 * s.H * (s.I + s.H)  # one layer, one direction
+    rows = [Row("throughput vs the machine", f"matmul {matmul_n}x{matmul_n} fp32 (the reference)",
+                f"{peak:.1f} GFLOP/s ({t['matmul'] * 1e3:.1f} ms)", 1.0)]
+    for key, who, target in (("torch", "nn.LSTM", None), ("toolkit", "Recurrent(lstm)", (">=", 0.80))):
+        gflops = flops / t[key] / 1e9
+        rows.append(Row("throughput vs the machine", f"{who} inference, uni L1",
+                        f"{gflops:.1f} GFLOP/s ({t[key] * 1e3:.1f} ms)", gflops / peak, unit="%", target=target))
+    return rows
+
+
+def long_sequences(s: Shape, lengths: list[int], repeats: int, warmup: int) -> list[Row]:
+    torch.manual_seed(0)
+    mingru = Recurrent("mingru", s.I, s.H, backend="sequence")
+    gru = nn.GRU(s.I, s.H, batch_first=True)
+    rows = []
+    for T in lengths:
+        x = torch.randn(s.B, T, s.I).requires_grad_()
+        for train in (True, False):
+            mingru.train(train), gru.train(train)
+            t = compare({"mingru": step(run_layer, mingru, x, None, train),
+                         "gru": step(run_torch, gru, x, None, train)}, repeats, warmup)
+            rows.append(Row("long sequences", f"T={T}, {'fwd+bwd' if train else 'inference'}",
+                            f"minGRU scan {t['mingru'] * 1e3:.1f} ms vs nn.GRU {t['gru'] * 1e3:.1f} ms",
+                            t["mingru"] / t["gru"]))
+    return rows

@@ -1,0 +1,99 @@
+"""Run the suite, print the table, write docs/performance.md and docs/performance.png.
+
+    python -m benchmarks [--quick] [--out docs/performance.md] [--only SECTION ...]
+
+The full suite takes ~10 minutes on 2 CPU cores; ``--quick`` runs every section at
+tiny sizes with one repeat (seconds; the numbers mean nothing) and writes only
+when ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the named sources are packages; never the hub
+
+from benchmarks import kernels, pipeline  # noqa: E402
+from benchmarks.report import SECTIONS, Row, markdown, plot, table  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (shape, repeats, warmup) per size. Full: the shape of issue 5; repeats chosen so the
+# whole suite stays near 10 minutes on the 2-core machine the issue measured on.
+FULL = {"shape": kernels.Shape(), "repeats": 7, "warmup": 2, "matmul": 2048, "long": [256, 1024, 4096],
+        "long_repeats": 3, "e2e_repeats": 3, "e2e_batches": None, "pad_repeats": 3, "pad_batches": None,
+        "overrides": []}
+QUICK = {"shape": kernels.Shape(T=6, B=3, I=8, H=8), "repeats": 1, "warmup": 0, "matmul": 64, "long": [16, 32],
+         "long_repeats": 1, "e2e_repeats": 1, "e2e_batches": 2, "pad_repeats": 1, "pad_batches": 2,
+         "overrides": ["hidden_size=8", "model.embedding_dim=8"]}
+
+
+def settings_text(p: dict) -> str:
+    s = p["shape"]
+    return (f"T={s.T}, batch {s.B}, input {s.I}, hidden {s.H}, fp32, CPU; every comparison round-robin in one "
+            f"process, {p['warmup']} warm-up round(s), median of {p['repeats']} repeats (long sequences "
+            f"{p['long_repeats']}, end to end and padding {p['e2e_repeats']} epochs each).")
+
+
+def run_suite(p: dict, only: list[str] | None = None, log=print) -> list[Row]:
+    s = p["shape"]
+    steps = {
+        "layer overhead": lambda: kernels.layer_overhead(s, p["repeats"], p["warmup"]),
+        "custom cells": lambda: kernels.custom_cells(s, p["repeats"], p["warmup"]),
+        "throughput vs the machine": lambda: kernels.throughput(s, p["matmul"], p["repeats"], p["warmup"]),
+        "end to end": lambda: pipeline.end_to_end(p["e2e_repeats"], p["overrides"], p["e2e_batches"]),
+        "padding": lambda: pipeline.padding(["ner", "sentiment"], p["pad_repeats"], p["overrides"], p["pad_batches"]),
+        "long sequences": lambda: kernels.long_sequences(s, p["long"], p["long_repeats"], 1),
+    }
+    rows: list[Row] = []
+    for section in SECTIONS:
+        if only and section not in only:
+            continue
+        start = time.perf_counter()
+        part = steps[section]()
+        log(table(part) + f"\n  ({time.perf_counter() - start:.0f} s)")
+        rows += part
+    return rows
+
+
+def write(rows: list[Row], out: Path, command: str, settings: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(rows, command, settings) + "\n")
+    plot(rows, out.with_suffix(".png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Markdown file to write (the plot goes next to it as .png); "
+                             "default docs/performance.md, or nothing with --quick")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only these sections: {', '.join(repr(s) for s in SECTIONS)}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, one per core)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("toolkit").setLevel(logging.WARNING)
+    p = QUICK if args.quick else FULL
+    out = args.out if args.out is not None or args.quick else REPO / "docs" / "performance.md"
+    start = time.perf_counter()
+    rows = run_suite(p, args.only)
+    missed = [r for r in rows if r.status == "missed"]
+    print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s; "
+          f"{sum(r.status == 'met' for r in rows)} targets met, {len(missed)} missed")
+    if out is not None:
+        command = "python -m benchmarks" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+        write(rows, out, command, settings_text(p))
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0

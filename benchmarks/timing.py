@@ -1,0 +1,30 @@
+"""Side-by-side timing: every candidate in the same process, round-robin, medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+
+def compare(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+            self_timed: bool = False) -> dict[str, float]:
+    """Median seconds per call of each candidate.
+
+    The candidates take turns (the order reversed every other round), so load from
+    other processes and CPU frequency drift fall on all of them alike; the median
+    drops the rounds a neighbour's burst spoiled. With ``self_timed`` each candidate
+    returns the seconds of the part worth timing (e.g. a training epoch without the
+    trainer's setup), and that is what counts.
+    """
+    for _ in range(warmup):  # allocator, oneDNN primitive caches, lazy imports
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    items = list(candidates.items())
+    for r in range(max(1, repeats)):
+        for name, fn in (items if r % 2 == 0 else items[::-1]):
+            start = time.perf_counter()
+            seconds = fn()
+            times[name].append(seconds if self_timed else time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
