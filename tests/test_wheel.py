@@ -74,3 +74,18 @@ def test_non_editable_install_composes_the_train_config(wheel, tmp_path):
     assert app.returncode == 0, app.stderr
     assert "name: peptides" in app.stdout and "source: peptides" in app.stdout
     assert not (elsewhere / "runs").exists()
+
+
+def test_source_tree_holds_toolkit_conf_for_runs_from_the_repository_root():
+    """`pip install .` then `rtk train` in the clone: `python -m` imports ./toolkit, not the wheel."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    assert (repo / "toolkit" / "conf" / "train.yaml").is_file()
+    # Import toolkit.conf from the source tree alone, with no installed finder to help.
+    code = ("import sys, importlib.util; sys.meta_path = [f for f in sys.meta_path if 'Editable' not in type(f).__name__];"
+            "import toolkit.conf, importlib.resources as r; print(r.files('toolkit.conf').joinpath('train.yaml').is_file())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr
