@@ -67,8 +67,6 @@ def load_splits(kind: str, source: str | None, files: dict[str, str | None], opt
         if origin is None:
             out[split] = None
             continue
-        if source is None:
-            _generate_check(kind, origin, options)  # errors name the file, not the HF cache
         key = hashlib.sha1(repr((kind, _stamp(origin), split, sorted(options.items()))).encode()).hexdigest()
         try:
             out[split] = datasets.Dataset.from_generator(
@@ -76,7 +74,8 @@ def load_splits(kind: str, source: str | None, files: dict[str, str | None], opt
                 gen_kwargs={"kind": kind, "origin": origin, "split": split, "options": options, "stamp": key},
             )
         except datasets.exceptions.DatasetGenerationError as e:
-            if isinstance(e.__cause__, ToolkitError):  # e.g. a named source's package is not installed
+            # the reader's own sentence (file and line, or the missing package), not HF's wrapper
+            if isinstance(e.__cause__, ToolkitError):
                 raise e.__cause__ from None
             raise
     if source is None and out["validation"] is None:
@@ -87,13 +86,6 @@ def load_splits(kind: str, source: str | None, files: dict[str, str | None], opt
         log.warning("no data.val_file: using every 10th training example (i % 10 == 1) for validation")
         out["validation"], out["train"] = train.select(val_idx), train.select(keep)
     return out
-
-
-def _generate_check(kind: str, origin: str, options: dict) -> None:
-    if kind == "tagging":
-        readers.read_conll(origin, **options)
-    else:
-        readers.read_table(origin, **options)
 
 
 # ----------------------------------------------------------------------------- batching
