@@ -88,14 +88,10 @@ def cmd_predict(args: list[str]) -> int:
 
     model = load_task(opts["ckpt"][0])
     for i, text in enumerate(texts):
-        if model.head == "tagging":
-            if i:
-                print()
-            for token, tag in model.predict_text(text):
-                print(f"{token}\t{tag}")
-        else:
-            label, prob = model.predict_text(text)
-            print(f"{label}\t{prob:.4f}\t{text}")
+        lines = model.predict_lines(text)
+        if i and len(lines) > 1:
+            print()  # a blank line between multi-line outputs (one token a line)
+        print("\n".join(lines))
     return 0
 
 

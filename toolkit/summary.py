@@ -57,8 +57,8 @@ def fmt_duration(seconds: float) -> str:
 
 def render(*, task: str, cell: str, backend: str, depth: int, direction: str, hidden_size: int,
            params: int, epochs: int, best_epoch: int | None, seconds: float,
-           test: dict[str, float] | None, run_dir: Path, files: list[str], example: str | None,
-           prediction: str | None, resumed_from: str | None = None) -> str:
+           test: dict[str, float] | None, run_dir: Path, files: list[str],
+           showcase: tuple[str, list[str]] | None = None, resumed_from: str | None = None) -> str:
     """The summary as text (printed and kept as summary.txt)."""
     title = f" Recurrent Toolkit · {task} "
     lines = [f"{title:─^72}",
@@ -77,8 +77,9 @@ def render(*, task: str, cell: str, backend: str, depth: int, direction: str, hi
         lines.append("test     (no test split)")
     lines.append(f"run dir  {run_dir}")
     lines.append(f"         {' · '.join(files)}")
-    if example is not None and prediction is not None:
-        lines.append(f"predict  {example!r}")
-        lines.append(f"         {prediction}")
+    if showcase:  # the head's own closing lines: a prediction on the task's example, samples, …
+        heading, shown = showcase
+        for i, line in enumerate(shown):
+            lines.append(f"{heading if i == 0 else '':<8} {line}")
     lines.append("─" * 72)
     return "\n".join(lines)

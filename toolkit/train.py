@@ -203,11 +203,7 @@ def train(cfg: DictConfig) -> float | None:
 
     log_samples(trainer, model, datamodule)
     example = cfg.task.get("example")
-    prediction = None
-    if example:
-        out = model.predict_text(example)
-        prediction = (" ".join(f"{tok}/{tag}" for tok, tag in out) if head == "tagging"
-                      else f"{out[0]} (p = {out[1]:.3f})")
+    showcase = model.showcase(example)  # (heading, lines): a prediction, samples, …
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", monitor)
     files = [p for p in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
                          "metrics.csv", "curves.png") if (run_dir / p).exists()]
@@ -227,8 +223,8 @@ def train(cfg: DictConfig) -> float | None:
     text = render(task=cfg.task.name, cell=cfg.cell.name, backend=model.rnn.backend, depth=cfg.depth,
                   direction=cfg.direction, hidden_size=cfg.hidden_size, params=results["params"],
                   epochs=trainer.current_epoch, best_epoch=best_epoch, seconds=seconds, test=test,
-                  run_dir=run_dir, files=files + ["results.json", "summary.txt"], example=example,
-                  prediction=prediction, resumed_from=str(ckpt) if ckpt else None)
+                  run_dir=run_dir, files=files + ["results.json", "summary.txt"], showcase=showcase,
+                  resumed_from=str(ckpt) if ckpt else None)
     (run_dir / "summary.txt").write_text(text + "\n")
     print(text, flush=True)
     return float(score) if score is not None else None

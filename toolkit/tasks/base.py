@@ -62,6 +62,17 @@ class SequenceTask(pl.LightningModule):
         y, _ = self.rnn(x, lengths=batch["lengths"])
         return self.drop(y)
 
+    def showcase(self, example: str | None) -> tuple[str, list[str]] | None:
+        """What the run's summary ends with: (heading, lines), e.g. the prediction on the task's
+        example sentence or a few sampled sequences; None shows nothing."""
+        if not example:
+            return None
+        return "predict", [repr(example), *self.predict_lines(example)]
+
+    def predict_lines(self, text: str) -> list[str]:
+        """``rtk predict``'s output for one text, as printed lines."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict from text")
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)

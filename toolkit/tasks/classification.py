@@ -83,6 +83,16 @@ class ClassificationTask(SequenceTask):
         i = int(probs.argmax())
         return self.labels.names[i], float(probs[i])
 
+    def predict_lines(self, text: str) -> list[str]:
+        label, prob = self.predict_text(text)
+        return [f"{label}\t{prob:.4f}\t{text}"]
+
+    def showcase(self, example: str | None) -> tuple[str, list[str]] | None:
+        if not example:
+            return None
+        label, prob = self.predict_text(example)
+        return "predict", [repr(example), f"{label} (p = {prob:.3f})"]
+
     def sample_table(self, examples) -> tuple[list[str], list[list]]:
         """Gold and predicted labels for a few raw examples (a table for the experiment tracker)."""
         rows = []

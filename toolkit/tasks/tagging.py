@@ -181,6 +181,14 @@ class TaggingTask(SequenceTask):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return [self.labels.names[i] for i in self.decode(self(batch), batch["lengths"])[0]]
 
+    def predict_lines(self, text: str) -> list[str]:
+        return [f"{token}\t{tag}" for token, tag in self.predict_text(text)]
+
+    def showcase(self, example: str | None) -> tuple[str, list[str]] | None:
+        if not example:
+            return None
+        return "predict", [repr(example), " ".join(f"{tok}/{tag}" for tok, tag in self.predict_text(example))]
+
     def sample_table(self, examples) -> tuple[list[str], list[list[str]]]:
         """Gold and predicted tags for a few raw examples (a table for the experiment tracker)."""
         rows = [[" ".join(ex["tokens"]), " ".join(ex["tags"]), " ".join(self.predict_tokens(ex["tokens"]))]
