@@ -35,7 +35,7 @@ _BUILT: dict[str, tuple] = {}
 def build(cfg: DictConfig):
     """Data module and model exactly as ``toolkit.train.train`` builds them (once per config:
     end to end and padding share them, and loading the data is the slow part)."""
-    from toolkit.data.modules import DATA_MODULES
+    from toolkit.data.registry import DATA_MODULES
     from toolkit.tasks import HEADS
 
     full = OmegaConf.to_container(cfg, resolve=True)

@@ -8,6 +8,7 @@ its sub-command would re-launch the wrong program.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -20,9 +21,17 @@ usage:
   rtk train [key=value …]        train (a Hydra app: -m, --cfg job, --help, hydra.run.dir=… all work)
   rtk predict ckpt=PATH text="…" [text="…" …] [input=FILE]
                                  tag or classify text with a trained checkpoint
+  rtk generate ckpt=PATH [n=10] [temperature=1.0] [top_k=K] [max_len=100] [seed=S] [prompt="…"]
+               [allow_unk=false] [out=FILE.mid]
+                                 sample novel sequences from a language model (music: out= writes MIDI)
+  rtk score ckpt=PATH text="…" [text="…" …] [input=FILE]
+                                 log-probability, per-token probabilities and perplexity; ranks several
   rtk plugins                    list the registered cells, their plugin packages and backends
   rtk report MULTIRUN_DIR [out=DIR]
                                  one table (report.md, report.csv) and a plot (report.png) for a sweep
+  rtk diagnose [cells=rnn,gru,lstm] [length=100] [hidden_size=64] [steps=200] [seed=0] [lr=0.01]
+               [out=gradients.png]
+                                 ||dL/da<t>|| per time step on a long-range task: vanishing gradients, plotted
 
 examples:
   rtk train
@@ -95,6 +104,119 @@ def cmd_predict(args: list[str]) -> int:
     return 0
 
 
+def _int(opts: dict, key: str, default: int | None, command: str, lo: int = 1) -> int | None:
+    if key not in opts:
+        return default
+    try:
+        value = int(opts[key][0])
+    except ValueError:
+        raise ConfigError(f"rtk {command}: {key}={opts[key][0]!r} must be a whole number") from None
+    if value < lo:
+        raise ConfigError(f"rtk {command}: {key}={value} must be at least {lo}")
+    return value
+
+
+def _float(opts: dict, key: str, default: float, command: str) -> float:
+    if key not in opts:
+        return default
+    try:
+        value = float(opts[key][0])
+    except ValueError:
+        raise ConfigError(f"rtk {command}: {key}={opts[key][0]!r} must be a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"rtk {command}: {key}={value} must be 0 or more (0: greedy)")
+    return value
+
+
+def _bool(opts: dict, key: str, default: bool, command: str) -> bool:
+    if key not in opts:
+        return default
+    value = opts[key][0].lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"rtk {command}: {key}={opts[key][0]!r} must be true or false")
+    return value in ("true", "1", "yes")
+
+
+def cmd_generate(args: list[str]) -> int:
+    from pathlib import Path
+
+    keys = {"ckpt": False, "n": False, "temperature": False, "top_k": False, "max_len": False, "seed": False,
+            "prompt": False, "allow_unk": False, "out": False}
+    opts = parse_pairs(args, keys, "generate")
+    if "ckpt" not in opts:
+        raise ConfigError("rtk generate: ckpt=<path to a language model's .ckpt> is required")
+    n = _int(opts, "n", 10, "generate")
+    top_k = _int(opts, "top_k", None, "generate")
+    max_len = _int(opts, "max_len", 100, "generate")
+    seed = _int(opts, "seed", None, "generate", lo=0)
+    temperature = _float(opts, "temperature", 1.0, "generate")
+    allow_unk = _bool(opts, "allow_unk", False, "generate")
+    out = Path(opts["out"][0]) if "out" in opts else None
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"rtk generate: out={out}: the folder {out.parent} does not exist")
+    from toolkit.tasks.base import load_task
+
+    model = load_task(opts["ckpt"][0], expect="language_model")
+    prompt = model.text_tokens(opts["prompt"][0]) if "prompt" in opts else None
+    if prompt is not None and not prompt:
+        raise ConfigError(f"rtk generate: prompt={opts['prompt'][0]!r} has no tokens for this model")
+    is_music = model.hparams.spec.get("source") == "bach_chorales"
+    if out is not None and not is_music:
+        raise ConfigError("rtk generate: out=… writes MIDI, which only a music model (task=music) makes")
+    samples = model.sample(n, temperature=temperature, top_k=top_k, max_len=max_len, prompt=prompt,
+                           seed=seed, allow_unk=allow_unk)
+    for s in samples:
+        print(model.join(s))
+    if out is not None:
+        from toolkit.data.music import write_midi
+
+        written = []
+        for i, s in enumerate(samples):
+            path = out if n == 1 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+            written.append(write_midi(s, path))
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_score(args: list[str]) -> int:
+    from pathlib import Path
+
+    opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "score")
+    if "ckpt" not in opts:
+        raise ConfigError("rtk score: ckpt=<path to a language model's .ckpt> is required")
+    texts = list(opts.get("text", []))
+    if "input" in opts:
+        path = Path(opts["input"][0])
+        if not path.is_file():
+            raise ConfigError(f"rtk score: input={path}: no such file")
+        try:
+            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ConfigError(f"rtk score: input={path} is not UTF-8 text") from None
+    if not texts:
+        raise ConfigError('rtk score: give text="…" (one or more) or input=<file of lines>')
+    from toolkit.tasks.base import load_task
+
+    model = load_task(opts["ckpt"][0], expect="language_model")
+    scored = []
+    for i, text in enumerate(texts):
+        tokens = model.text_tokens(text)
+        if not tokens:
+            raise ConfigError(f"rtk score: text number {i + 1} ({text!r}) has no tokens for this model")
+        scored.append((text, model.score_tokens(tokens)))
+    for text, s in scored:
+        print(f"{text}")
+        print(f"  log P = {s['total']:.4f} nats ({s['total'] / math.log(2):.4f} bits)   "
+              f"perplexity {s['perplexity']:.2f}   {len(s['tokens'])} tokens (with <eos>)")
+        print("  " + "  ".join(f"{tok} {math.exp(lp):.4f}" for tok, lp in zip(s["tokens"], s["logp"])))
+    if len(scored) > 1:
+        print("ranked (most probable first):")
+        for rank, (text, s) in enumerate(sorted(scored, key=lambda ts: -ts[1]["total"]), start=1):
+            print(f"  {rank}. {s['total']:10.4f}  {text}")
+    return 0
+
+
 def cmd_report(args: list[str]) -> int:
     from pathlib import Path
 
@@ -113,7 +235,14 @@ def cmd_report(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "plugins": cmd_plugins, "report": cmd_report}
+def cmd_diagnose(args: list[str]) -> int:
+    from toolkit.diagnose import cmd_diagnose as run  # torch: only for this command
+
+    return run(args)
+
+
+COMMANDS = {"predict": cmd_predict, "generate": cmd_generate, "score": cmd_score, "plugins": cmd_plugins,
+            "report": cmd_report, "diagnose": cmd_diagnose}
 
 
 def main(argv: list[str] | None = None) -> int:

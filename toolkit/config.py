@@ -83,6 +83,14 @@ def validate(cfg: DictConfig) -> None:
         errors.append(f"seed={cfg.seed!r} must be a whole number")
     if cfg.patience is not None and (not isinstance(cfg.patience, int) or cfg.patience < 1):
         errors.append(f"patience={cfg.patience!r} must be a whole number of at least 1, or null")
+    diagnose = cfg.get("diagnose", False)
+    if not isinstance(diagnose, bool):
+        errors.append(f"diagnose={diagnose!r} must be true or false")
+    elif diagnose and cfg.task.get("head") in HEADS:
+        from toolkit.diagnose import head_problem
+
+        if problem := head_problem(cfg.task.head):
+            errors.append(problem)
     dropout = cfg.model.get("dropout", 0.0)
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         errors.append(f"model.dropout={dropout!r} must be a number in [0, 1)")
@@ -90,6 +98,19 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(lr, (int, float)) or lr <= 0:
         errors.append(f"model.lr={lr!r} must be a positive number")
     _trainer_keys(errors, cfg.trainer)
+    tbptt = cfg.model.get("tbptt_steps")
+    if tbptt is not None:
+        # truncated BPTT optimises by hand (the state is carried between batches), and
+        # Lightning neither clips nor accumulates for a manually optimised model
+        if cfg.trainer.get("gradient_clip_val") is not None:
+            errors.append(f"trainer.gradient_clip_val={cfg.trainer.gradient_clip_val!r} does not apply with "
+                          f"model.tbptt_steps={tbptt!r} (truncated BPTT optimises manually, where Lightning "
+                          "does not clip); set trainer.gradient_clip_val=null and model.clip_grad_norm=<max norm> "
+                          "instead")
+        if (cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
+            errors.append(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} does not "
+                          f"apply with model.tbptt_steps={tbptt!r} (truncated BPTT optimises manually); "
+                          "raise data.batch_size instead")
     try:
         cls = load_cell_class(cfg.cell.name)
         hparams = {k: v for k, v in cfg.cell.items() if k not in ("name", "backend")}

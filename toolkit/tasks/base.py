@@ -62,9 +62,10 @@ class SequenceTask(pl.LightningModule):
         y, _ = self.rnn(x, lengths=batch["lengths"])
         return self.drop(y)
 
-    def showcase(self, example: str | None) -> tuple[str, list[str]] | None:
+    def showcase(self, example: str | None, data=None) -> tuple[str, list[str]] | None:
         """What the run's summary ends with: (heading, lines), e.g. the prediction on the task's
-        example sentence or a few sampled sequences; None shows nothing."""
+        example sentence or a few sampled sequences; None shows nothing. ``data`` is the run's
+        data module (e.g. to tell novel samples from training examples)."""
         if not example:
             return None
         return "predict", [repr(example), *self.predict_lines(example)]

@@ -87,7 +87,7 @@ class ClassificationTask(SequenceTask):
         label, prob = self.predict_text(text)
         return [f"{label}\t{prob:.4f}\t{text}"]
 
-    def showcase(self, example: str | None) -> tuple[str, list[str]] | None:
+    def showcase(self, example: str | None, data=None) -> tuple[str, list[str]] | None:
         if not example:
             return None
         label, prob = self.predict_text(example)

@@ -184,7 +184,7 @@ class TaggingTask(SequenceTask):
     def predict_lines(self, text: str) -> list[str]:
         return [f"{token}\t{tag}" for token, tag in self.predict_text(text)]
 
-    def showcase(self, example: str | None) -> tuple[str, list[str]] | None:
+    def showcase(self, example: str | None, data=None) -> tuple[str, list[str]] | None:
         if not example:
             return None
         return "predict", [repr(example), " ".join(f"{tok}/{tag}" for tok, tag in self.predict_text(example))]

@@ -1,0 +1,253 @@
+"""Language models: next-token softmax, sampling novel sequences, sentence probability.
+
+One head serves ``char_lm`` (names), ``word_lm`` (the King James Bible, trained
+with truncated backpropagation through time), ``music`` (one-to-many: notes
+conditioned on a mode token) and the user's own text (``task=lm``).
+
+Truncated BPTT (``tbptt_steps`` set): the data module hands over consecutive
+chunks of parallel token streams; the hidden state is carried from one chunk to
+the next and detached, so gradients flow back at most ``tbptt_steps`` steps.
+That needs manual optimisation, where Lightning's ``trainer.gradient_clip_val``
+does not apply (the config rejects it), so the module clips itself
+(``clip_grad_norm``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from toolkit.data.lm import collate_lm, encode_lm
+from toolkit.data.text import EOS, PAD, UNK, normalize, tokenize
+from toolkit.errors import ConfigError
+from toolkit.tasks.base import SequenceTask
+
+NEW_TEXT_JOIN = {"chars": "", "chars_with_spaces": ""}
+
+
+class LanguageModelTask(SequenceTask):
+    """Embedding -> Recurrent (unidirectional) -> dropout -> softmax over the vocabulary."""
+
+    head = "language_model"
+    clip_hint = "set trainer.gradient_clip_val"
+
+    def __init__(self, *args, tbptt_steps: int | None = None, clip_grad_norm: float | None = None,
+                 tie_weights: bool = False, samples: int = 10, temperature: float = 0.8, **kw):
+        if kw.get("direction", "uni") != "uni":
+            raise ConfigError("a language model must not see the tokens it predicts, so it can only be "
+                              "unidirectional (direction=uni)")
+        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool)
+                                           or not isinstance(clip_grad_norm, (int, float)) or clip_grad_norm <= 0):
+            raise ConfigError(f"model.clip_grad_norm={clip_grad_norm!r} must be a positive number, or null")
+        super().__init__(*args, tbptt_steps=tbptt_steps, clip_grad_norm=clip_grad_norm,
+                         tie_weights=tie_weights, samples=samples, temperature=temperature, **kw)
+        self.out = nn.Linear(self.rnn.output_size, len(self.vocab))
+        if tie_weights:
+            if self.hparams.embedding_dim != self.hparams.hidden_size:
+                raise ConfigError(f"model.tie_weights=true needs model.embedding_dim "
+                                  f"({self.hparams.embedding_dim}) equal to hidden_size ({self.hparams.hidden_size})")
+            self.out.weight = self.embed.weight
+        self.automatic_optimization = tbptt_steps is None
+        if tbptt_steps is not None:
+            self.clip_hint = "set model.clip_grad_norm (truncated BPTT clips inside the model)"
+        self.nll = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self._carry: dict[str, tuple | None] = {"train": None, "val": None, "test": None}
+
+    # ----------------------------------------------------------------- model
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None, state=None) -> tuple[Tensor, tuple]:
+        """(B, T) ids -> (B, T, V) next-token logits and the final state."""
+        x = self.drop(self.embed(tokens))
+        y, state = self.rnn(x, lengths=lengths, state=state)
+        return self.out(self.drop(y)), state
+
+    def _loss(self, batch: dict, stage: str) -> tuple[Tensor, int]:
+        stream = "first" in batch
+        state = None
+        if stream and not bool(batch["first"]):
+            state = self._carry[stage]
+        logits, state = self(batch["tokens"], None if stream else batch["lengths"], state)
+        if stream:
+            self._carry[stage] = tuple(s.detach() for s in state)  # the next chunk starts here
+        targets = batch["targets"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return loss, int((targets != -100).sum())
+
+    def training_step(self, batch, _):
+        loss, n = self._loss(batch, "train")
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        if self.automatic_optimization:
+            return loss
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if self.hparams.clip_grad_norm is not None:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        return loss
+
+    def _eval_step(self, batch, stage):
+        loss, n = self._loss(batch, stage)
+        self.nll[stage].update(loss.detach(), n)  # token-weighted: the mean over every target token
+
+    def validation_step(self, batch, i):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, i):
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self):
+        nats = self.nll["val"].compute()
+        self.nll["val"].reset()
+        self.log("val_loss", nats, prog_bar=True)
+        self.log("val_perplexity", nats.exp())
+
+    def on_test_epoch_end(self):
+        nats = self.nll["test"].compute()
+        self.nll["test"].reset()
+        self.log("test_nats_per_token", nats)
+        self.log("test_bits_per_token", nats / math.log(2))
+        self.log("test_perplexity", nats.exp())
+
+    def on_train_epoch_start(self):
+        self._carry["train"] = None
+
+    # ------------------------------------------------------------ text in/out
+    @property
+    def eos(self) -> int:
+        return self.vocab.stoi[EOS]
+
+    def text_tokens(self, text: str) -> list[str]:
+        spec = self.hparams.spec
+        return [normalize(t, spec["normalize"]) for t in tokenize(text, spec["tokenizer"])]
+
+    def join(self, tokens: list[str]) -> str:
+        """Tokens back to text: characters side by side, words with spaces (none before punctuation)."""
+        text = NEW_TEXT_JOIN.get(self.hparams.spec["tokenizer"], " ").join(tokens)
+        if self.hparams.spec["tokenizer"] == "words":
+            text = re.sub(r" ([,.;:!?)])", r"\1", text)
+        return text
+
+    @torch.no_grad()
+    def sample(self, n: int = 10, temperature: float = 1.0, top_k: int | None = None, max_len: int = 100,
+               prompt: list[str] | None = None, seed: int | None = None, allow_unk: bool = False) -> list[list[str]]:
+        """``n`` sequences, token by token: sample from the softmax, feed the sample back, stop at <eos>.
+
+        ``prompt`` tokens are read first (a beginning to continue, or a condition such as
+        ``<major>``); a model trained with conditions and given no prompt draws one per
+        sample, uniformly. ``temperature=0`` is greedy (argmax, deterministic). <unk> is
+        never emitted unless ``allow_unk``: its probability is removed and the rest
+        renormalised, which is what resampling until a known token gives.
+        Returns the prompt followed by the generated tokens, without <eos>.
+        """
+        if temperature < 0:
+            raise ConfigError(f"temperature={temperature} must be 0 (greedy) or more")
+        if top_k is not None and top_k < 1:
+            raise ConfigError(f"top_k={top_k} must be at least 1")
+        if max_len < 1:
+            raise ConfigError(f"max_len={max_len} must be at least 1")
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        conditions = self.hparams.spec.get("conditions") or []
+        prompts = []
+        for _ in range(n):
+            if prompt is not None:
+                p = list(prompt)
+            elif conditions:
+                p = [conditions[int(torch.randint(len(conditions), (1,), generator=gen, device=self.device))]]
+            else:
+                p = []
+            unknown = [t for t in p if t not in self.vocab.stoi]
+            if unknown:
+                raise ConfigError(f"prompt token(s) {', '.join(map(repr, unknown))} are not in the model's "
+                                  "vocabulary")
+            prompts.append(p)
+        # the prompts may differ in length (drawn conditions are all one token); run them one length group at a time
+        out: list[list[str] | None] = [None] * n
+        by_len: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_len.setdefault(len(p), []).append(i)
+        for _, idx in sorted(by_len.items()):
+            ids = torch.tensor([[self.eos] + self.vocab.encode(prompts[i]) for i in idx], device=self.device)
+            generated = self._continue(ids, temperature, top_k, max_len, gen, allow_unk)
+            for i, g in zip(idx, generated):
+                out[i] = prompts[i] + [self.vocab.itos[t] for t in g]
+        return out
+
+    def _continue(self, ids: Tensor, temperature: float, top_k: int | None, max_len: int,
+                  gen: torch.Generator, allow_unk: bool) -> list[list[int]]:
+        logits, state = self(ids)
+        last = logits[:, -1]
+        banned = [self.vocab.stoi[PAD]] + ([] if allow_unk else [self.vocab.stoi[UNK]])
+        done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
+        seqs: list[list[int]] = [[] for _ in range(ids.size(0))]
+        for _ in range(max_len):
+            last = last.clone()
+            last[:, banned] = float("-inf")
+            if temperature == 0:
+                nxt = last.argmax(-1)
+            else:
+                scaled = last / temperature
+                if top_k is not None and top_k < scaled.size(-1):
+                    kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+                nxt = torch.multinomial(scaled.softmax(-1), 1, generator=gen).squeeze(1)
+            for b in range(len(seqs)):
+                if not done[b] and int(nxt[b]) != self.eos:
+                    seqs[b].append(int(nxt[b]))
+            done |= nxt == self.eos
+            if bool(done.all()):
+                break
+            logits, state = self(nxt[:, None], state=state)
+            last = logits[:, -1]
+        return seqs
+
+    @torch.no_grad()
+    def score_tokens(self, tokens: list[str]) -> dict:
+        """log P(tokens, <eos>) and each token's conditional probability given the ones before."""
+        item = encode_lm(tokens, [], self.vocab)
+        batch = {k: v.to(self.device) for k, v in collate_lm([item]).items()}
+        logits, _ = self(batch["tokens"])
+        logp = logits.log_softmax(-1)[0].gather(-1, batch["targets"][0][:, None]).squeeze(-1)
+        shown = [t if self.vocab.stoi.get(t, 1) != 1 else f"{t}→<unk>" for t in tokens] + [EOS]
+        total = float(logp.sum())
+        return {"tokens": shown, "logp": [float(v) for v in logp], "total": total,
+                "perplexity": math.exp(-total / len(shown))}
+
+    def predict_lines(self, text: str) -> list[str]:
+        toks = self.text_tokens(text)
+        if not toks:
+            raise ConfigError(f"text={text!r} has no tokens for this model's tokenizer "
+                              f"({self.hparams.spec['tokenizer']})")
+        s = self.score_tokens(toks)
+        return [f"{s['total']:.4f}\t{s['perplexity']:.2f}\t{text}"]
+
+    def showcase(self, example: str | None, data=None) -> tuple[str, list[str]] | None:
+        """``samples`` novel sequences (temperature ``temperature``, seed 0): drawn until that many
+        are not training examples (at most 10x as many draws), each shown once."""
+        n = self.hparams.samples
+        if not n:
+            return None
+        known = set()
+        if data is not None and data.raw.get("train") is not None and "text" in data.raw["train"].column_names:
+            known = {self.join(self.text_tokens(t)) for t in data.raw["train"]["text"]}
+        shown: list[str] = []
+        drawn = 0
+        gen_seed = 0
+        while len(shown) < n and drawn < 10 * n:
+            for s in self.sample(n, temperature=self.hparams.temperature, seed=gen_seed, max_len=60):
+                text = self.join(s)
+                drawn += 1
+                if text not in known and text not in shown and len(shown) < n:
+                    shown.append(text)
+            gen_seed += 1
+        what = "novel samples" if known else "samples"
+        return "samples", [f"{len(shown)} {what} (temperature {self.hparams.temperature}; {drawn} drawn)", *shown]
+
+    def sample_table(self, examples) -> tuple[list[str], list[list]]:
+        samples = self.sample(min(len(examples), 20), temperature=self.hparams.temperature, seed=0, max_len=60)
+        return ["sample"], [[self.join(s)] for s in samples]
