@@ -123,7 +123,7 @@ def test_tokenize_kinds():
     assert tokenize("A Gorgeous, witty film's end.", "words") == ["a", "gorgeous", ",", "witty", "film's", "end", "."]
     assert tokenize("GL F\tD", "chars") == ["G", "L", "F", "D"]
     assert tokenize("New  York\tcity", "whitespace") == ["New", "York", "city"]
-    with pytest.raises(ConfigError, match="data.tokenizer='bpe' is not one of: tweet, words, chars, whitespace"):
+    with pytest.raises(ConfigError, match="data.tokenizer='bpe' is not one of: tweet, words, chars, chars_with_spaces, whitespace"):
         tokenize("x", "bpe")
 
 

@@ -50,3 +50,15 @@ def test_ddp_inside_a_multirun_sweep_runs_every_job(rtk, tmp_path):
     for job in ("0", "1"):
         assert (sweep / job / "summary.txt").is_file(), f"job {job} left no summary"
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_truncated_bptt_language_model_trains_under_ddp(rtk, tmp_path):
+    """word_lm optimises manually and carries state across batches: each rank takes its own rows of the stream."""
+    run = tmp_path / "run"
+    r = rtk("train", "task=word_lm", "hidden_size=16", "trainer=ddp_cpu", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "trainer.enable_progress_bar=false", "model.samples=1", f"hydra.run.dir={run}", timeout=300)
+    assert r.returncode == 0, r.explain()
+    assert r.stdout.count("Recurrent Toolkit · word_lm") == 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert "perplexity" in (run / "summary.txt").read_text()

@@ -211,7 +211,7 @@ def test_unknown_group_option_lists_the_options(app):
     ("hidden_size=0", "hidden_size=0 must be a whole number of at least 1"),
     ("depth=0", "depth=0 must be a whole number of at least 1"),
     ("direction=sideways", "direction='sideways' must be 'uni' or 'bi'"),
-    ("data.tokenizer=bytes", "data.tokenizer='bytes' is not one of: tweet, words, chars, whitespace"),
+    ("data.tokenizer=bytes", "data.tokenizer='bytes' is not one of: tweet, words, chars, chars_with_spaces, whitespace"),
 ])
 def test_bad_value_is_named_with_its_key(app, override, sentence):
     assert app("task=peptides", override) == (2, f"error: {sentence}")

@@ -259,3 +259,35 @@ def test_a_trained_word_model_prefers_a_real_sentence_to_its_scramble(rtk, tmp_p
     assert s.returncode == 0, s.explain()
     ranking = s.stdout.split("ranked (most probable first):")[1].splitlines()
     assert ranking[1].endswith(real) and ranking[2].endswith(scrambled)
+
+
+def test_no_sample_is_empty_even_when_eos_is_likeliest():
+    model = tiny_lm()
+    with torch.no_grad():
+        model.out.bias[2] = 8.0  # <eos> first would be the likely outcome
+    samples = model.sample(6, temperature=1.0, seed=0, max_len=10)
+    assert all(len(s) >= 1 for s in samples)
+
+
+def test_gradient_accumulation_with_tbptt_is_rejected_in_one_sentence(rtk, tmp_path):
+    r = rtk("train", "task=word_lm", "trainer.accumulate_grad_batches=2", f"hydra.run.dir={tmp_path / 'run'}", *TINY)
+    assert r.returncode == 2
+    assert ("trainer.accumulate_grad_batches=2 does not apply with model.tbptt_steps=35 (truncated BPTT "
+            "optimises manually); raise data.batch_size instead") in r.stderr
+
+
+def test_tied_weights_need_equal_sizes():
+    from toolkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.tie_weights=true needs model.embedding_dim \(8\) equal to "
+                                          r"hidden_size \(16\)"):
+        tiny_lm(tie_weights=True)
+    tied = LanguageModelTask(spec=CHAR_SPEC, cell={"name": "lstm"}, hidden_size=8, embedding_dim=8, tie_weights=True)
+    assert tied.out.weight is tied.embed.weight
+
+
+def test_rtk_score_without_text(char_run):
+    _, run_dir, cwd = char_run
+    r = rtk_cmd("score", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", cwd=cwd)
+    assert r.returncode == 2
+    assert r.stderr.strip() == 'error: rtk score: give text="…" (one or more) or input=<file of lines>'

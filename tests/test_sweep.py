@@ -35,3 +35,24 @@ def test_design_card_sweep_runs_every_job(tmp_path):
         assert f"depth {cfg['depth']} · {cfg['direction']}directional" in summary
     assert ran == set(itertools.product(TASKS, CELLS, DEPTHS, DIRECTIONS))
     assert r.stdout.count("Recurrent Toolkit · ") == 24
+
+
+GENERATIVE = ["char_lm", "word_lm", "music", "g2p"]
+
+
+@pytest.mark.slow
+def test_generative_sweep_runs_every_job(tmp_path):
+    """The issue's grid: every generative task x cell x depth job succeeds (direction stays each task's own)."""
+    sweep_dir = tmp_path / "multirun"
+    r = rtk_cmd("train", "-m", "task=" + ",".join(GENERATIVE), "cell=" + ",".join(CELLS),
+                "depth=" + ",".join(map(str, DEPTHS)), "trainer.fast_dev_run=true",
+                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.explain()
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(jobs) == len(GENERATIVE) * len(CELLS) * len(DEPTHS)
+    ran = set()
+    for job in jobs:
+        assert (job / "summary.txt").is_file(), f"job {job.name} left no summary\n{r.explain()}"
+        cfg = yaml.safe_load((job / "config.yaml").read_text())
+        ran.add((cfg["task"]["name"], cfg["cell"]["name"], cfg["depth"]))
+    assert ran == set(itertools.product(GENERATIVE, CELLS, DEPTHS))

@@ -61,13 +61,18 @@ class NonFinite(pl.Callback):
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()).all():
             raise NumericError(f"the loss became {_nonfinite_name(loss)} at {self.where(trainer)}; "
-                               "lower model.lr or set trainer.gradient_clip_val")
+                               f"lower model.lr or {_clip_hint(pl_module)}")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         for name, p in pl_module.named_parameters():  # before clipping: clipping a nan gives nan
             if p.grad is not None and not torch.isfinite(p.grad).all():
                 raise NumericError(f"the gradient of {name} became {_nonfinite_name(p.grad)} at "
-                                   f"{self.where(trainer)}; lower model.lr or set trainer.gradient_clip_val")
+                                   f"{self.where(trainer)}; lower model.lr or {_clip_hint(pl_module)}")
+
+
+def _clip_hint(pl_module: pl.LightningModule) -> str:
+    # a model trained with truncated BPTT optimises manually and clips itself (model.clip_grad_norm)
+    return getattr(pl_module, "clip_hint", "set trainer.gradient_clip_val")
 
 
 def _nonfinite_name(t: torch.Tensor) -> str:

@@ -141,7 +141,8 @@ class LanguageModelTask(SequenceTask):
         ``<major>``); a model trained with conditions and given no prompt draws one per
         sample, uniformly. ``temperature=0`` is greedy (argmax, deterministic). <unk> is
         never emitted unless ``allow_unk``: its probability is removed and the rest
-        renormalised, which is what resampling until a known token gives.
+        renormalised, which is what resampling until a known token gives; likewise <eos> cannot
+        be the first token after a prompt with no content, so no sample is empty.
         Returns the prompt followed by the generated tokens, without <eos>.
         """
         if temperature < 0:
@@ -173,21 +174,26 @@ class LanguageModelTask(SequenceTask):
             by_len.setdefault(len(p), []).append(i)
         for _, idx in sorted(by_len.items()):
             ids = torch.tensor([[self.eos] + self.vocab.encode(prompts[i]) for i in idx], device=self.device)
-            generated = self._continue(ids, temperature, top_k, max_len, gen, allow_unk)
+            # a sample with nothing in it (no name, no note) is no sample: <eos> cannot come first
+            # unless the prompt already holds content
+            empty = torch.tensor([all(t in conditions for t in prompts[i]) for i in idx], device=self.device)
+            generated = self._continue(ids, temperature, top_k, max_len, gen, allow_unk, empty)
             for i, g in zip(idx, generated):
                 out[i] = prompts[i] + [self.vocab.itos[t] for t in g]
         return out
 
     def _continue(self, ids: Tensor, temperature: float, top_k: int | None, max_len: int,
-                  gen: torch.Generator, allow_unk: bool) -> list[list[int]]:
+                  gen: torch.Generator, allow_unk: bool, empty: Tensor) -> list[list[int]]:
         logits, state = self(ids)
         last = logits[:, -1]
         banned = [self.vocab.stoi[PAD]] + ([] if allow_unk else [self.vocab.stoi[UNK]])
         done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
         seqs: list[list[int]] = [[] for _ in range(ids.size(0))]
-        for _ in range(max_len):
+        for step in range(max_len):
             last = last.clone()
             last[:, banned] = float("-inf")
+            if step == 0:
+                last[empty, self.eos] = float("-inf")
             if temperature == 0:
                 nxt = last.argmax(-1)
             else:
