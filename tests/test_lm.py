@@ -291,3 +291,12 @@ def test_rtk_score_without_text(char_run):
     r = rtk_cmd("score", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", cwd=cwd)
     assert r.returncode == 2
     assert r.stderr.strip() == 'error: rtk score: give text="…" (one or more) or input=<file of lines>'
+
+
+def test_model_optimizer_chooses_adam_or_plain_sgd():
+    from toolkit.errors import ConfigError
+
+    assert isinstance(tiny_lm().configure_optimizers(), torch.optim.Adam)
+    assert type(tiny_lm(optimizer="sgd").configure_optimizers()) is torch.optim.SGD
+    with pytest.raises(ConfigError, match="model.optimizer='rmsprop' is not one of: adam, sgd"):
+        tiny_lm(optimizer="rmsprop")

@@ -304,7 +304,10 @@ def _write_atomic(path: Path, write) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial" + path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would ignore the user's umask
         write(tmp)
         os.replace(tmp, path)  # atomic: a kill never leaves a half file under the real name
     finally:

@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from toolkit.cells import available_cells, cell_entries
 from toolkit.data.text import Labels, Vocab
-from toolkit.errors import CheckpointError
+from toolkit.errors import CheckpointError, ConfigError
 from toolkit.layers import Recurrent
 
+OPTIMIZERS = ("adam", "sgd")
 FORMAT_VERSION = 1  # bump when a checkpoint's hyper-parameters change meaning
 
 
@@ -34,7 +35,9 @@ class SequenceTask(pl.LightningModule):
     def __init__(self, spec: dict, cell: dict, depth: int = 1, direction: str = "uni",
                  hidden_size: int = 128, embedding_dim: int = 100, dropout: float = 0.3,
                  rnn_dropout: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.0,
-                 task_name: str = "", format_version: int = FORMAT_VERSION, **extra):
+                 optimizer: str = "adam", task_name: str = "", format_version: int = FORMAT_VERSION, **extra):
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
         super().__init__()
         # Kept in the checkpoint, not sent to loggers (the vocabulary alone is thousands
         # of entries); the train app logs the resolved Hydra config instead.
@@ -75,8 +78,10 @@ class SequenceTask(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} does not predict from text")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
+        # Adam bounds each update by about lr whatever the gradient's size; plain SGD
+        # steps by the gradient itself, so an exploding gradient shows (and clipping matters)
+        cls = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.SGD
+        return cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
 def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:
