@@ -485,3 +485,11 @@ def test_rtk_train_error_is_one_line_exit_2_and_a_traceback_only_when_asked(tmp_
     r = Result(done.args, done.returncode, done.stdout, done.stderr)
     assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError: depth=0" in r.stderr, r.explain()
     assert not run_dir.exists() or not any(run_dir.glob("checkpoints/*.ckpt"))
+
+
+def test_no_validation_with_early_stopping_is_one_sentence(rtk, tmp_path):
+    r = rtk("train", "task=peptides", "trainer.limit_val_batches=0", f"hydra.run.dir={tmp_path / 'run'}",
+            "trainer.max_epochs=1", "hidden_size=8")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert ("trainer.limit_val_batches=0 leaves no val_acc for early stopping (patience=5); set patience=null "
+            "as well") in r.stderr

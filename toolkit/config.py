@@ -98,6 +98,9 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(lr, (int, float)) or lr <= 0:
         errors.append(f"model.lr={lr!r} must be a positive number")
     _trainer_keys(errors, cfg.trainer)
+    if cfg.trainer.get("limit_val_batches") == 0 and cfg.patience is not None:
+        errors.append(f"trainer.limit_val_batches=0 leaves no {cfg.task.get('monitor')} for early stopping "
+                      f"(patience={cfg.patience}); set patience=null as well")
     tbptt = cfg.model.get("tbptt_steps")
     if tbptt is not None:
         # truncated BPTT optimises by hand (the state is carried between batches), and
