@@ -15,9 +15,10 @@ feeding so the decoder runs over the whole teacher-forced target in one fused ca
     c_t = Σ_s α_ts h̄_s,   h̃_t = tanh(W_c [c_t; h_t]),   p(y_t | y_<t, x) = softmax(W_o h̃_t + b_o)
 
 Without attention, ``h̃_t = h_t``. Training: teacher forcing, cross-entropy over
-``y1 … yn <eos>`` (padding ignored). Decoding, step by step through the decoder with
-T = 1 and the state carried: greedy (validation) or batched beam search (test,
-``rtk predict``; ``model.beam_size``). Beam hypotheses are ranked by their plain
+``y1 … yn <eos>`` (padding ignored), Adam with the learning rate multiplied by
+``model.lr_decay`` whenever ``val_per`` does not improve. Decoding, step by step
+through the decoder with T = 1 and the state carried: greedy (validation) or
+batched beam search (test, ``rtk predict``; ``model.beam_size``). Beam hypotheses are ranked by their plain
 sum of log-probabilities, not length-normalised: a pronunciation's length follows
 from the spelling, and the plain sum is the model's own probability of the output.
 
@@ -65,6 +66,16 @@ def closest_reference(hyp: Sequence, refs: Sequence[Sequence]) -> tuple[int, int
     return min(((edit_distance(hyp, r), len(r)) for r in refs), key=lambda d_n: d_n[0])
 
 
+def error_counts(hyps: Sequence[Sequence], refs: Sequence[Sequence[Sequence]]) -> tuple[int, int, int]:
+    """For words with one hypothesis and a list of references each: (Σ edits to the closest
+    reference, Σ that reference's length, words matching none of their references)."""
+    edits = length = wrong = 0
+    for hyp, word_refs in zip(hyps, refs, strict=True):
+        d, n = closest_reference(hyp, word_refs)
+        edits, length, wrong = edits + d, length + n, wrong + (d > 0)
+    return edits, length, wrong
+
+
 class ErrorRate(Metric):
     """Σ errors / Σ total over an epoch (never a mean of per-batch rates); both sums are
     reduced over DDP ranks before the division."""
@@ -98,12 +109,16 @@ class Seq2SeqTask(SequenceTask):
     head = "seq2seq"
 
     def __init__(self, *args, decoder_depth: int | None = None, attention: bool = True, beam_size: int = 5,
-                 **kw):
+                 lr_decay: float | None = None, **kw):
         _whole(decoder_depth, "model.decoder_depth", allow_none=True)
         _whole(beam_size, "model.beam_size")
         if not isinstance(attention, bool):
             raise ConfigError(f"model.attention={attention!r} must be true or false")
-        super().__init__(*args, decoder_depth=decoder_depth, attention=attention, beam_size=beam_size, **kw)
+        if lr_decay is not None and (isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float))
+                                     or not 0 < lr_decay < 1):
+            raise ConfigError(f"model.lr_decay={lr_decay!r} must be a number in (0, 1), or null for none")
+        super().__init__(*args, decoder_depth=decoder_depth, attention=attention, beam_size=beam_size,
+                         lr_decay=lr_decay, **kw)
         hp = self.hparams
         cell = dict(hp.cell)
         n_out = len(SPECIALS) + len(self.labels)
@@ -167,10 +182,12 @@ class Seq2SeqTask(SequenceTask):
         y, state = self.decoder(self.drop(self.tgt_embed(tokens))[:, None], state=state)  # (N, 1, H)
         return self.output_logits(y, enc, mask)[:, 0].log_softmax(-1), state
 
-    def max_steps(self, batch: dict) -> int:
-        """Decoding stops here if <eos> has not come: past the longest training target and
-        twice the longest source in the batch."""
-        return max(self.hparams.spec.get("max_target_len", 0), 2 * int(batch["lengths"].max())) + 1
+    def max_steps(self, batch: dict) -> Tensor:
+        """Per example (B,): how many tokens decoding may write before it stops without <eos>,
+        the longest training target or twice the source's length, whichever is more. Each
+        example's own limit, so an output never depends on what else is in its batch."""
+        lengths = batch["lengths"].to(self.device)
+        return (2 * lengths).clamp(min=self.hparams.spec.get("max_target_len", 0)) + 1
 
     @staticmethod
     def _labels_of(ids: Tensor) -> list[list[int]]:
@@ -194,14 +211,15 @@ class Seq2SeqTask(SequenceTask):
         tokens = torch.full((b,), BOS_ID, dtype=torch.long, device=enc.device)
         done = torch.zeros(b, dtype=torch.bool, device=enc.device)
         score = enc.new_zeros(b)
+        limits = self.max_steps(batch)
         out = []
-        for _ in range(self.max_steps(batch)):
+        for t in range(int(limits.max())):
             logp, state = self.step(tokens, state, enc, mask)  # (B, V)
             best, tokens = logp.max(-1)
             score += best.masked_fill(done, 0.0)
             tokens = tokens.masked_fill(done, PAD_ID)
             out.append(tokens)
-            done |= tokens == EOS_ID
+            done |= (tokens == EOS_ID) | (limits <= t + 1)
             if done.all():
                 break
         return self._labels_of(torch.stack(out, 1)), score
@@ -213,7 +231,7 @@ class Seq2SeqTask(SequenceTask):
         All B * K hypotheses step together. A finished hypothesis (it wrote <eos>) keeps
         its slot and its score (it may only continue with <pad>, at log-prob 0), so
         finished and unfinished hypotheses compete on the same plain sum of log-probs;
-        the search ends when every slot is finished or at ``max_steps``.
+        the search ends when every slot is finished or at each example's ``max_steps``.
         """
         enc, mask, state = self.encode_source(batch)
         b, k = enc.size(0), beam_size
@@ -225,7 +243,8 @@ class Seq2SeqTask(SequenceTask):
         done = torch.zeros(b * k, dtype=torch.bool, device=enc.device)
         offsets = torch.arange(b, device=enc.device)[:, None] * k  # (B, 1)
         history: list[tuple[Tensor, Tensor]] = []  # per step: (token, parent slot), each (B*K,)
-        for _ in range(self.max_steps(batch)):
+        limits = self.max_steps(batch)
+        for t in range(int(limits.max())):
             logp, state = self.step(tokens, state, enc, mask)  # (B*K, V)
             logp = torch.where(done[:, None], self.finished_row, logp)
             v = logp.size(-1)
@@ -233,7 +252,8 @@ class Seq2SeqTask(SequenceTask):
             parent = (idx // v + offsets).view(-1)  # (B*K,) flat slot each new hypothesis extends
             tokens = (idx % v).view(-1)
             state = tuple(s.index_select(1, parent) for s in state)
-            done = done[parent] | (tokens == EOS_ID) | torch.isinf(scores.view(-1))
+            done = (done[parent] | (tokens == EOS_ID) | torch.isinf(scores.view(-1))
+                    | (limits <= t + 1).repeat_interleave(k))
             history.append((tokens, parent))
             if done.all():
                 break
@@ -273,14 +293,21 @@ class Seq2SeqTask(SequenceTask):
         self.log(f"{stage}_loss", self._loss(batch), prog_bar=True, batch_size=n, sync_dist=True)
         # validation decodes greedily (fast, every epoch); test with the full beam
         hyps, _ = self.greedy(batch) if stage == "val" else self.beam_search(batch, self.hparams.beam_size)
-        edits = ref_tokens = wrong = 0
-        for hyp, refs in zip(hyps, batch["refs"]):
-            d, length = closest_reference(hyp, refs)
-            edits, ref_tokens, wrong = edits + d, ref_tokens + length, wrong + (d > 0)
+        edits, ref_tokens, wrong = error_counts(hyps, batch["refs"])
         self.metrics[f"{stage}_per"].update(edits, ref_tokens)
         self.metrics[f"{stage}_wer"].update(wrong, n)
         for name in ("per", "wer"):
             self.log(f"{stage}_{name}", self.metrics[f"{stage}_{name}"], prog_bar=name == "per", batch_size=n)
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        if self.hparams.lr_decay is None:
+            return optimizer
+        # a short run gains most from a smaller step once validation stops improving
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.hparams.lr_decay,
+                                                               patience=0)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_per", "strict": False}}
 
     def validation_step(self, batch, i):
         self._eval_step(batch, "val")
@@ -304,7 +331,12 @@ class Seq2SeqTask(SequenceTask):
                 raise ConfigError(f"text={word!r} has no tokens for this model's tokenizer ({spec['tokenizer']})")
             items.append({"tokens": tokens})
         batch = {k: v.to(self.device) for k, v in collate_pairs(items).items()}
-        hyps, _ = self.beam_search(batch, self.hparams.beam_size)
+        training = self.training  # the run's summary calls this after trainer.test, in train mode
+        self.eval()
+        try:
+            hyps, _ = self.beam_search(batch, self.hparams.beam_size)
+        finally:
+            self.train(training)
         return [[self.labels.names[i] for i in h] for h in hyps]
 
     def predict_lines(self, text: str) -> list[str]:
