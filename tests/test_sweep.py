@@ -56,3 +56,8 @@ def test_generative_sweep_runs_every_job(tmp_path):
         cfg = yaml.safe_load((job / "config.yaml").read_text())
         ran.add((cfg["task"]["name"], cfg["cell"]["name"], cfg["depth"]))
     assert ran == set(itertools.product(GENERATIVE, CELLS, DEPTHS))
+    # one report over jobs of different heads (perplexity next to PER / WER)
+    report = rtk_cmd("report", str(sweep_dir), cwd=tmp_path)
+    assert report.returncode == 0, report.explain()
+    table = (sweep_dir / "report.md").read_text()
+    assert "test_perplexity" in table and "test_per" in table
