@@ -95,6 +95,9 @@ INTRO = {
 }
 
 
+NOTES = Path(__file__).with_name("notes.md")
+
+
 def markdown(rows: list[Row], command: str, settings: str) -> str:
     info = machine()
     lines = ["# Performance", "",
@@ -122,6 +125,8 @@ def markdown(rows: list[Row], command: str, settings: str) -> str:
                   "| case | measured (medians) | ratio | target | status |", "|---|---|---|---|---|"]
         lines += ["| " + " | ".join(r.cells()) + " |" for r in part]
         lines.append("")
+    if NOTES.exists():  # hand-written notes on the work behind the numbers, kept across runs
+        lines += [NOTES.read_text().strip(), ""]
     return "\n".join(lines)
 
 

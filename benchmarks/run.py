@@ -21,7 +21,7 @@ import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the named sources are packages; never the hub
 
-from benchmarks import kernels, pipeline  # noqa: E402
+from benchmarks import kernels, pipeline, timing  # noqa: E402
 from benchmarks.report import SECTIONS, Row, markdown, plot, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +38,9 @@ QUICK = {"shape": kernels.Shape(T=6, B=3, I=8, H=8), "repeats": 1, "warmup": 0, 
 
 def settings_text(p: dict) -> str:
     s = p["shape"]
+    clock = {"cpu": "process CPU time", "wall": "wall clock"}[timing.CLOCK]
     return (f"T={s.T}, batch {s.B}, input {s.I}, hidden {s.H}, fp32, CPU; every comparison round-robin in one "
-            f"process, {p['warmup']} warm-up round(s), median of {p['repeats']} repeats (long sequences "
+            f"process, timed by {clock} (end to end: wall clock of the training steps), {p['warmup']} warm-up round(s), median of {p['repeats']} repeats (long sequences "
             f"{p['long_repeats']}, end to end and padding {p['e2e_repeats']} epochs each).")
 
 
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these sections: {', '.join(repr(s) for s in SECTIONS)}")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--clock", choices=sorted(timing.CLOCKS), default=timing.CLOCK,
+                        help="time each repeat by process CPU time (cpu, default: robust on a shared "
+                             "machine) or by wall clock (wall)")
     args = parser.parse_args(argv)
+    timing.CLOCK = args.clock
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("toolkit").setLevel(logging.WARNING)

@@ -85,7 +85,7 @@ def test_gru_reset_other_than_before_or_after_is_a_cell_error():
 def test_gru_native_kernel_only_for_reset_after():
     assert build_cell("gru", I, H).native == "gru"
     assert build_cell("gru", I, H, reset="before").native is None
-    assert build_cell("gru", I, H, reset="before").backends() == ["loop"]
+    assert build_cell("gru", I, H, reset="before").backends() == ["sequence", "loop"]
 
 
 def _copy_and_compare(ours: RecurrentCell, theirs: nn.Module, lstm: bool) -> None:
@@ -173,3 +173,69 @@ def test_base_cell_forward_must_be_implemented():
         cell(torch.zeros(B, I), cell.initial_state(B))
     with pytest.raises(CellError, match="cell 'Stepless' got unknown hparam 'x'; accepted hparams: none"):
         Stepless(I, H, x=1)
+
+
+# --- the fast sequence paths: projection hooks and the hand-written backward ---------------
+
+@pytest.mark.parametrize("name, hparams", [("peephole_lstm", {}), ("gru", {"reset": "before"}),
+                                           ("gru", {"reset": "after"})])
+def test_projection_hooks_compose_to_the_step(name, hparams):
+    torch.manual_seed(0)
+    cell = build_cell(name, I, H, **hparams).double()
+    x, state = torch.randn(B, I, dtype=torch.float64), _state(cell)
+    state = tuple(torch.randn_like(s) for s in state)
+    y, new = cell.forward_projected(cell.input_projection(x), state)
+    y_ref, new_ref = cell(x, state)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(new, new_ref, rtol=0, atol=1e-12)
+    assert cell.backends()[-2:] == ["sequence", "loop"]
+
+
+@pytest.mark.parametrize("batch_sizes, last", [(None, None), ([3, 3, 2, 1, 1], [5, 3, 2])],
+                         ids=["fixed", "variable"])
+def test_gradcheck_of_the_peephole_lstms_hand_written_backward(batch_sizes, last):
+    from toolkit.cells.fused import PeepholeLSTMSequence
+
+    T, n, h = 5, 3, 4
+    g = torch.Generator().manual_seed(0)
+    shapes = [(T, n, 4 * h), (n, h), (n, h), (4 * h, h), (h,), (h,), (h,)]  # xp, h0, c0, W_hh, w_ci/f/o
+    inputs = [torch.randn(*s, dtype=torch.float64, generator=g).requires_grad_() for s in shapes]
+    last = None if last is None else torch.tensor(last)
+    assert torch.autograd.gradcheck(lambda *a: PeepholeLSTMSequence.apply(*a, batch_sizes, last), inputs)
+
+
+class ProjectedOnlyCell(RecurrentCell):
+    """A third-party-style cell that only splits its step: h<t> = tanh(W x<t> + b) * sigmoid(U h<t-1>)."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.proj = nn.Linear(input_size, hidden_size)
+        self.rec = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.projected_steps = 0
+
+    def input_projection(self, x):
+        return torch.tanh(self.proj(x))
+
+    def forward_projected(self, p_t, state):
+        self.projected_steps += 1
+        h = p_t * torch.sigmoid(self.rec(state[0]))
+        return h, (h,)
+
+    def forward(self, x_t, state):
+        return self.forward_projected(self.input_projection(x_t), state)
+
+
+def test_a_cell_that_declares_its_input_projection_gets_the_sequence_path_without_a_backward():
+    torch.manual_seed(0)
+    cell = ProjectedOnlyCell(I, H)
+    assert cell.backends() == ["sequence", "loop"]
+    x, h0 = torch.randn(B, 6, I), torch.randn(B, H)
+    lengths = torch.tensor([6, 2, 4, 1])  # (B,)
+    y, (h,) = cell.forward_sequence(x, (h0,), lengths)
+    for b, n in enumerate(lengths.tolist()):  # each sequence's own last step, as if run alone
+        state = (h0[b:b + 1],)
+        for t in range(n):
+            y_t, state = cell(x[b:b + 1, t], state)
+            torch.testing.assert_close(y[b, t], y_t[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h[b], state[0][0], rtol=1e-5, atol=1e-5)
+    assert cell.projected_steps > 0

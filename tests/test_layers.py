@@ -208,9 +208,9 @@ def test_same_state_dict_whatever_the_backend():
 
 
 @pytest.mark.parametrize("cell, hparams, backend", [
-    ("lstm", {}, "native"), ("peephole_lstm", {}, "loop"), ("gru_simple", {}, "loop"),
-    ("gru", {}, "native"), ("gru", {"reset": "before"}, "loop"), ("rnn", {}, "native")])
-def test_auto_picks_native_when_the_cell_maps_onto_a_kernel_else_loop(cell, hparams, backend):
+    ("lstm", {}, "native"), ("peephole_lstm", {}, "sequence"), ("gru_simple", {}, "loop"),
+    ("gru", {}, "native"), ("gru", {"reset": "before"}, "sequence"), ("rnn", {}, "native")])
+def test_auto_picks_native_when_the_cell_maps_onto_a_kernel_else_sequence_else_loop(cell, hparams, backend):
     assert _layer(cell, "auto", **hparams).backend == backend
 
 
@@ -218,16 +218,16 @@ def test_auto_logs_its_choice_once_per_cell_and_backend(monkeypatch, caplog):
     monkeypatch.setattr(layers, "_LOGGED", set())
     with caplog.at_level(logging.INFO, logger="toolkit.layers"):
         _layer("lstm", "auto"), _layer("lstm", "auto"), _layer("lstm", "native")
-        _layer("peephole_lstm", "auto")
+        _layer("gru_simple", "auto")
     messages = [r.getMessage() for r in caplog.records if r.name == "toolkit.layers"]
     assert messages == ["Recurrent(cell='lstm'): backend auto -> native",
-                        "Recurrent(cell='peephole_lstm'): backend auto -> loop"]
+                        "Recurrent(cell='gru_simple'): backend auto -> loop"]
 
 
 def test_native_backend_on_a_cell_without_a_kernel_names_the_cell_and_its_backends():
-    with pytest.raises(CellError, match=r"cell 'peephole_lstm' has no native backend; its backends: loop"):
+    with pytest.raises(CellError, match=r"cell 'peephole_lstm' has no native backend; its backends: sequence, loop"):
         _layer("peephole_lstm", "native")
-    with pytest.raises(CellError, match=r"cell 'gru' has no native backend; its backends: loop"):
+    with pytest.raises(CellError, match=r"cell 'gru' has no native backend; its backends: sequence, loop"):
         _layer("gru", "native", reset="before")
     with pytest.raises(CellError, match=r"backend 'cudnn' is not one of auto, native, sequence, loop"):
         _layer("lstm", "cudnn")
@@ -319,3 +319,46 @@ def test_sequence_backend_agrees_with_loop_and_never_steps(scan_cell, lengths):
         _assert_same(grads_s[name], grads_l[name])
     if lengths is not None:
         assert not y_s[1, 2:].any()
+
+
+# --- the fast paths: native packs once; cells without a kernel run their sequence path ------
+
+def test_native_with_lengths_packs_once_for_the_whole_stack(monkeypatch):
+    calls = []
+
+    def counting_pack(*args, **kwargs):
+        calls.append(args[0].shape)
+        return pack_padded_sequence(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "pack_padded_sequence", counting_pack)
+    layer = _layer("gru", "native", num_layers=3, bidirectional=True, dropout=0.5)
+    layer.eval()(_inputs(layer)[0], lengths=LENGTHS)
+    assert len(calls) == 1  # eval: one kernel call over all three layers
+    calls.clear()
+    layer.train()(_inputs(layer)[0], lengths=LENGTHS)
+    assert calls[0] == (B, T, I) and len(calls) == 3  # the data once, then one dropout mask per layer gap
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
+@pytest.mark.parametrize("cell, hparams", [("peephole_lstm", {}), ("gru", {"reset": "before"})])
+def test_sequence_path_equals_the_loop_in_float32_within_1e5_bi_depth2_dropout_outputs_and_gradients(
+        cell, hparams, lengths):
+    seq = Recurrent(cell, I, H, num_layers=2, bidirectional=True, dropout=0.5, backend="sequence", **hparams)
+    loop = Recurrent(cell, I, H, num_layers=2, bidirectional=True, dropout=0.5, backend="loop", **hparams)
+    loop.load_state_dict(seq.state_dict())
+    assert seq.backend == "sequence" and Recurrent(cell, I, H, **hparams).backend == "sequence"  # auto picks it
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, I, generator=g)
+    state = tuple(torch.randn(4, B, H, generator=g) for _ in seq.state_names)
+    results = []
+    for layer in (seq.train(), loop.train()):
+        xi, si = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in state)
+        torch.manual_seed(5)  # the same dropout masks
+        y, final = layer(xi, lengths=lengths, state=si)
+        loss = y.sin().sum() + sum((f * f).sum() for f in final)
+        grads = torch.autograd.grad(loss, [xi, *si, *layer.parameters()])
+        results.append([y, *final, *grads])
+    for a, b in zip(*results):
+        _assert_same(a, b)
+    if lengths is not None:
+        assert not results[0][0][1, 2:].any()  # padded outputs exactly zero

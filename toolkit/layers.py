@@ -9,10 +9,14 @@ load under another.
 Backends:
 - ``loop``: a Python loop over time calling ``cell.forward``; always available.
 - ``native``: torch's fused kernel (``torch._VF.lstm`` / ``gru`` / ``rnn_tanh``,
-  i.e. cuDNN on GPU, oneDNN / ATen on CPU), one call per layer (both directions
-  in it), fed the cells' own Parameters. With ``lengths`` the batch is packed
-  and unpacked inside the layer: no PackedSequence ever leaves it.
-- ``sequence``: the cell's ``forward_sequence`` (e.g. a parallel scan).
+  i.e. cuDNN on GPU, oneDNN / ATen on CPU), fed the cells' own Parameters: one
+  call for the whole stack (both directions in it), or one per layer when dropout
+  between layers is on in training. With ``lengths`` the batch is packed once,
+  stays packed between layers and is unpacked at the end: no PackedSequence ever
+  leaves the layer.
+- ``sequence``: the cell's ``forward_sequence`` (e.g. a parallel scan, a hand-written
+  whole-sequence backward, or the projected path of ``input_projection`` /
+  ``forward_projected``; see ``toolkit.cells.base``).
 - ``auto``: native if the cell maps onto a kernel, else sequence, else loop.
 
 Lengths: every length must be in 1..T. An empty sequence has no last token to
@@ -205,35 +209,45 @@ class Recurrent(nn.Module):
     # ------------------------------------------------------------------- native
     def _forward_native(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
         B, T, _ = x.shape
-        D = self.num_directions
+        D, L = self.num_directions, self.num_layers
         kernel = self.cells[0].native
-        is_lstm = kernel == "lstm"
         run = getattr(torch._VF, kernel)
-        lengths_cpu = lengths.to("cpu") if lengths is not None else None
-        finals: list[list[Tensor]] = [[] for _ in self.state_names]
-        inp = x
-        for layer in range(self.num_layers):
-            cells = self.cells[layer * D:(layer + 1) * D]
-            weights = [p for c in cells for p in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
-            hx = [s[layer * D:(layer + 1) * D] for s in state]  # each (D, B, H)
-            if lengths is None:
-                h0 = tuple(hx) if is_lstm else hx[0]
-                out = run(inp, h0, weights, True, 1, 0.0, self.training, self.bidirectional, True)
-                y, hn = out[0], out[1:]
+        packed = None
+        if lengths is not None:  # pack once for the whole stack; packed data flows between layers
+            lengths_cpu = lengths.to("cpu")
+            packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+            state = tuple(s.index_select(1, packed.sorted_indices) for s in state)
+        # One kernel call for the whole stack, as nn.LSTM makes, unless dropout between layers is
+        # on: then one call per layer, with the same masks the other backends draw.
+        own_dropout = self.dropout > 0 and self.training and L > 1
+        groups = [[layer] for layer in range(L)] if own_dropout else [list(range(L))]
+        inp = x if packed is None else packed.data  # (B, T, I) or (N, I), N = sum of lengths
+        finals: list[tuple[Tensor, ...]] = []
+        for group in groups:
+            lo, hi = group[0] * D, (group[-1] + 1) * D
+            weights = [p for c in self.cells[lo:hi] for p in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
+            hx = tuple(s[lo:hi] for s in state)  # each (len(group) * D, B, H)
+            h0 = hx if kernel == "lstm" else hx[0]
+            if packed is None:
+                out = run(inp, h0, weights, True, len(group), 0.0, self.training, self.bidirectional, True)
             else:
-                packed = pack_padded_sequence(inp, lengths_cpu, batch_first=True, enforce_sorted=False)
-                hx = [h.index_select(1, packed.sorted_indices) for h in hx]
-                h0 = tuple(hx) if is_lstm else hx[0]
-                out = run(packed.data, packed.batch_sizes, h0, weights, True, 1, 0.0,
+                out = run(inp, packed.batch_sizes, h0, weights, True, len(group), 0.0,
                           self.training, self.bidirectional)
-                y_packed = PackedSequence(out[0], packed.batch_sizes, packed.sorted_indices,
-                                          packed.unsorted_indices)
-                y, _ = pad_packed_sequence(y_packed, batch_first=True, total_length=T)  # (B, T, H * D)
-                hn = tuple(h.index_select(1, packed.unsorted_indices) for h in out[1:])
-            for k, h in enumerate(hn):
-                finals[k].append(h)
-            inp = self._dropout_between_layers(y, layer)
-        final = tuple(torch.cat(f, dim=0) for f in finals)  # each (L * D, B, H)
+            y = out[0]
+            finals.append(tuple(out[1:]))
+            if packed is not None and own_dropout and group[-1] < L - 1:
+                # The very mask the other backends draw on (B, T, H * D), packed like the data:
+                # dropout scales by bernoulli(1 - p) / (1 - p) drawn on a tensor shaped like its
+                # input, so dropping ones gives that mask and y * mask its numbers bit for bit.
+                noise = self._dropout_between_layers(y.new_ones(B, T, y.size(-1)), group[-1])
+                inp = y * pack_padded_sequence(noise, lengths_cpu, batch_first=True, enforce_sorted=False).data
+            else:
+                inp = self._dropout_between_layers(y, group[-1])
+        final = tuple(torch.cat(f, dim=0) for f in zip(*finals))  # each (L * D, B, H)
+        if packed is not None:
+            y, _ = pad_packed_sequence(PackedSequence(y, packed.batch_sizes, packed.sorted_indices,
+                                                      packed.unsorted_indices), batch_first=True, total_length=T)
+            final = tuple(h.index_select(1, packed.unsorted_indices) for h in final)
         return y, final
 
 

@@ -16,6 +16,14 @@ faster without changing a number:
   a tuple of (B, H) tensors; ``lengths`` is a (B,) int64 tensor on ``x``'s device
   or None. It returns ``y`` (B, T, H) and the state at each sequence's own last
   step. The layer zeroes ``y`` at padded steps itself.
+- ``input_projection(x) -> p`` with ``forward_projected(p_t, state) -> (y_t, state)``:
+  the step split into the part that reads only ``x_t`` (e.g. ``W_ih x_t + b``), which
+  the layer then runs for all time steps in one big matmul, and the recurrent rest.
+  They must compose to ``forward``: ``forward(x_t, s) == forward_projected(
+  input_projection(x_t), s)``; ``input_projection`` maps (..., I) to (..., P) for any
+  leading shape. A cell that defines both and no ``forward_sequence`` gets one
+  (:func:`projected_sequence`, autograd does the backward), so it offers the
+  ``sequence`` backend without writing anything else.
 """
 
 from __future__ import annotations
@@ -56,6 +64,13 @@ class RecurrentCell(nn.Module):
             type(self).validate_hparams(hparams)
         self.input_size = input_size
         self.hidden_size = hidden_size
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The projection hooks alone give a whole-sequence path (see the module docstring).
+        if (callable(getattr(cls, "input_projection", None)) and callable(getattr(cls, "forward_projected", None))
+                and getattr(cls, "forward_sequence", None) is None):
+            cls.forward_sequence = projected_sequence  # type: ignore[attr-defined]
 
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(x_t, state)")
@@ -104,3 +119,31 @@ class RecurrentCell(nn.Module):
             ok = ", ".join(accepted) if accepted else "none"
             noun = "hparam" if len(unknown) == 1 else "hparams"
             raise CellError(f"cell '{label}' got unknown {noun} {bad}; accepted hparams: {ok}")
+
+
+def projected_sequence(cell: RecurrentCell, x: Tensor, state: State,
+                       lengths: Tensor | None) -> tuple[Tensor, State]:
+    """``forward_sequence`` of a cell with the projection hooks: ``input_projection`` once
+    for all T steps (one (B * T, I) matmul instead of T small ones), then
+    ``forward_projected`` in a loop; past a sequence's end its state stays as it was.
+    Autograd does the backward.
+
+    Shape: x (B, T, I), state (B, H) each, lengths (B,) or None -> y (B, T, H), state.
+    """
+    # unbind, not p[:, t]: its backward stacks the T step gradients once, where T slices
+    # would each scatter into a zero (B, T, P) tensor
+    steps = cell.input_projection(x).unbind(1)  # T x (B, P)
+    T = x.size(1)
+    state = tuple(state)
+    # steps before the shortest sequence ends need no mask
+    full = T if lengths is None else int(lengths.min())
+    outs = []
+    for t, p_t in enumerate(steps):
+        y, new = cell.forward_projected(p_t, state)
+        if t < full:
+            state = tuple(new)
+        else:
+            m = (lengths > t).unsqueeze(-1)  # (B, 1)
+            state = tuple(torch.where(m, n, s) for n, s in zip(new, state))
+        outs.append(y)
+    return torch.stack(outs, dim=1), state  # (B, T, H)

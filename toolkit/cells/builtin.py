@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.cells.base import RecurrentCell, State
+from toolkit.cells.fused import peephole_lstm_sequence
 from toolkit.errors import CellError
 
 
@@ -148,10 +149,18 @@ class GRUCell(RecurrentCell):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, reset={self.reset!r}"
 
+    def input_projection(self, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih`` (..., 3H): the part of the step that reads only the input."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.forward_projected(self.input_projection(x_t), state)
+
+    def forward_projected(self, p_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step from the projected input ``p_t`` (B, 3H)."""
         (c_prev,) = state
         H = self.hidden_size
-        i_r, i_z, i_n = F.linear(x_t, self.weight_ih, self.bias_ih).chunk(3, dim=1)
+        i_r, i_z, i_n = p_t.chunk(3, dim=1)
         h_r, h_z = F.linear(c_prev, self.weight_hh[: 2 * H], self.bias_hh[: 2 * H]).chunk(2, dim=1)
         gamma_r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
@@ -253,9 +262,21 @@ class PeepholeLSTMCell(RecurrentCell):
         self.w_co = nn.Parameter(torch.empty(hidden_size))
         self.reset_parameters()
 
+    def input_projection(self, x: Tensor) -> Tensor:
+        """``W_i x + b_ih + b_hh`` (..., 4H): the part of the step that reads only the input."""
+        return F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)
+
     def forward(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.forward_projected(self.input_projection(x_t), state)
+
+    def forward_sequence(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+        """The whole sequence with a hand-written backward (:mod:`toolkit.cells.fused`)."""
+        return peephole_lstm_sequence(self, x, state, lengths)
+
+    def forward_projected(self, p_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step from the projected input ``p_t`` (B, 4H)."""
         a_prev, c_prev = state
-        gates = F.linear(x_t, self.weight_ih, self.bias_ih) + F.linear(a_prev, self.weight_hh, self.bias_hh)
+        gates = p_t + F.linear(a_prev, self.weight_hh)
         i, f, g, o = gates.chunk(4, dim=1)
         gamma_u = torch.sigmoid(i + self.w_ci * c_prev)
         gamma_f = torch.sigmoid(f + self.w_cf * c_prev)

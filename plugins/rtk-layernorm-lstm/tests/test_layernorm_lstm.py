@@ -47,10 +47,10 @@ def _randomise(cell):
     return cell
 
 
-def test_is_registered_with_the_loop_backend_only():
+def test_is_registered_with_the_projected_sequence_path_and_the_loop():
     cell = build_cell("layernorm_lstm", 3, 4, forget_bias=0.5)
-    assert type(cell) is LayerNormLSTMCell and cell.backends() == ["loop"]
-    assert Recurrent("layernorm_lstm", 3, 4).backend == "loop"
+    assert type(cell) is LayerNormLSTMCell and cell.backends() == ["sequence", "loop"]
+    assert Recurrent("layernorm_lstm", 3, 4).backend == "sequence"
     assert cell.bias[4:8].tolist() == [0.5] * 4 and cell.bias[:4].tolist() == [0.0] * 4
     with pytest.raises(CellError, match="accepted hparams: forget_bias, eps"):
         build_cell("layernorm_lstm", 3, 4, dropout=0.1)
@@ -94,3 +94,48 @@ def test_normalisation_makes_the_gates_blind_to_the_scale_of_the_input():
     x = torch.randn(4, 3, dtype=torch.float64)
     state = cell.initial_state(4, dtype=torch.float64)
     torch.testing.assert_close(cell(x, state)[0], cell(100 * x, state)[0])
+
+
+def _run(layer, x, lengths):
+    xi = x.clone().requires_grad_()
+    y, (h, c) = layer(xi, lengths=lengths)
+    (y.sin().sum() + h.cos().sum() + (c * c).sum()).backward()
+    return [y, h, c, xi.grad, *(p.grad for p in layer.parameters())]
+
+
+def _pair(size, randomise, dtype):
+    torch.manual_seed(3)
+    seq = Recurrent("layernorm_lstm", size, 5, num_layers=2, bidirectional=True, backend="sequence").to(dtype)
+    if randomise:
+        for cell in seq.cells:
+            _randomise(cell)
+    loop = Recurrent("layernorm_lstm", size, 5, num_layers=2, bidirectional=True, backend="loop").to(dtype)
+    loop.load_state_dict(seq.state_dict())
+    return seq, loop
+
+
+@pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 5])], ids=["full", "padded"])
+def test_sequence_path_equals_the_loop_within_1e10_in_float64_outputs_states_and_gradients(lengths):
+    """The input term for all steps at once (input_projection) is the same math as the loop."""
+    seq, loop = _pair(3, True, torch.float64)
+    x = torch.randn(3, 7, 3, dtype=torch.float64)
+    for a, b in zip(_run(seq, x, lengths), _run(loop, x, lengths)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 5])], ids=["full", "padded"])
+def test_sequence_path_in_float32_is_as_accurate_as_the_loop(lengths):
+    """float32: outputs within 1e-5 of the loop; gradients within 1e-4 of each tensor's scale.
+
+    The layer norms' backward cancels digits: here the loop's own float32 gradients are up to
+    ~5e-4 (absolute, ~1e-5 of their scale) from float64, so 1e-5 absolute between two float32
+    paths would test rounding, not the math (which the float64 test holds to 1e-10)."""
+    seq, loop = _pair(16, False, torch.float32)
+    x = torch.randn(3, 7, 16)
+    exact = _run(_pair(16, False, torch.float64)[1], x.double(), lengths)
+    fast, slow = _run(seq, x, lengths), _run(loop, x, lengths)
+    for a, b in zip(fast[:3], slow[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b, e in zip(fast, slow, exact):
+        scale = e.abs().max()
+        assert (a.double() - e).abs().max() <= 1e-4 * scale and (a - b).abs().max() <= 1e-4 * scale
