@@ -45,9 +45,9 @@ def test_plugins_lists_the_builtin_cells_with_distribution_and_backends(rtk):
         name, dist, version, rest = rows[cell]
         assert dist == "recurrent-toolkit" and rest.endswith("ok")
     assert rows["lstm"][3].startswith("native, loop")
-    assert rows["gru"][3].startswith("native, loop")
+    assert rows["gru"][3].startswith("native, sequence, loop")  # reset=after: native; reset=before: sequence
     assert rows["rnn"][3].startswith("native, loop")
-    assert rows["peephole_lstm"][3].split()[0] == "loop"
+    assert rows["peephole_lstm"][3].startswith("sequence, loop")
     assert rows["gru_simple"][3].split()[0] == "loop"
 
 
