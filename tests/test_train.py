@@ -284,12 +284,13 @@ def test_training_a_classifier_on_user_jsonl_files_with_custom_columns(workdir, 
 # ----------------------------------------------------------------------------- cells without a fused kernel
 @pytest.mark.parametrize("cell", [["cell=peephole_lstm"], ["cell=gru_simple"], ["cell=gru", "cell.reset=before"]],
                          ids=["peephole_lstm", "gru_simple", "gru-reset-before"])
-def test_deep_bidirectional_loop_cells_train(workdir, tmp_path, cell):
+def test_deep_bidirectional_cells_without_a_kernel_train(workdir, tmp_path, cell):
     run_dir = tmp_path / "run"
     r = rtk_cmd("train", "task=ner", *cell, "depth=2", "direction=bi", "hidden_size=8",
                 "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
                 f"hydra.run.dir={run_dir}", cwd=workdir)
     assert r.returncode == 0, r.explain()
     name = cell[0].split("=")[1]
-    assert f"model    {name} (loop) · depth 2 · bidirectional · hidden 8" in summary_block(r.stdout)
+    backend = "loop" if name == "gru_simple" else "sequence"  # the whole-sequence path where the cell has one
+    assert f"model    {name} ({backend}) · depth 2 · bidirectional · hidden 8" in summary_block(r.stdout)
     assert re.search(r"test .*\bf1 \d\.\d{4}", summary_block(r.stdout))
