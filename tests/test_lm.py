@@ -300,3 +300,18 @@ def test_model_optimizer_chooses_adam_or_plain_sgd():
     assert type(tiny_lm(optimizer="sgd").configure_optimizers()) is torch.optim.SGD
     with pytest.raises(ConfigError, match="model.optimizer='rmsprop' is not one of: adam, sgd"):
         tiny_lm(optimizer="rmsprop")
+
+
+def test_the_summary_samples_are_drawn_without_dropout(char_run):
+    """The run's own samples are exactly what the saved weights draw in eval mode (Lightning leaves the
+    model in train mode after testing, where dropout would change them)."""
+    result, run_dir, _ = char_run
+    from toolkit.tasks.base import load_task
+
+    lines = result.stdout.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("samples"))
+    shown = [line.strip() for line in lines[i + 1:i + 11]]
+    model = load_task(run_dir / "checkpoints" / "best.ckpt")  # the weights the run tested and sampled from
+    data = LanguageModelDataModule(source="names", tokenizer="chars")
+    data.setup()
+    assert model.showcase(None, data)[1][1:] == shown

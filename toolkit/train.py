@@ -205,6 +205,7 @@ def train(cfg: DictConfig) -> float | None:
     if not trainer.is_global_zero:
         return None
 
+    model.eval()  # Lightning restores train mode after testing: no dropout in the samples and predictions
     log_samples(trainer, model, datamodule)
     example = cfg.task.get("example")
     showcase = model.showcase(example, datamodule)  # (heading, lines): a prediction, samples, …
