@@ -463,9 +463,15 @@ def test_non_finite_gradient_names_the_parameter_step_and_batch():
         cb.on_before_optimizer_step(_Trainer(), model, None)
     assert str(e.value) == ("the gradient of weight became inf at step 7 (epoch 2, batch 5); "
                             "lower model.lr or set trainer.gradient_clip_val")
+    model.weight.grad = torch.tensor([[0.0, float("nan")], [0.0, 0.0]])
+    with pytest.raises(NumericError, match="the gradient of weight became nan"):
+        cb.on_before_optimizer_step(_Trainer(), model, None)
     model.weight.grad = torch.zeros(2, 2)
     cb.on_before_optimizer_step(_Trainer(), model, None)  # finite: no error
     cb.on_before_backward(_Trainer(), model, torch.tensor(0.5))
+    # a finite gradient so large that its norm overflows float32 is not mistaken for inf
+    model.weight.grad = torch.full((2, 2), 3e38)
+    cb.on_before_optimizer_step(_Trainer(), model, None)
 
 
 # ----------------------------------------------------------------------------- as a process

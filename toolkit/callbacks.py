@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import uuid
 from pathlib import Path
@@ -64,9 +65,18 @@ class NonFinite(pl.Callback):
                                f"lower model.lr or {_clip_hint(pl_module)}")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        for name, p in pl_module.named_parameters():  # before clipping: clipping a nan gives nan
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NumericError(f"the gradient of {name} became {_nonfinite_name(p.grad)} at "
+        # before clipping: clipping a nan gives nan. One fused norm per step (a per-parameter
+        # isfinite check cost ~7 % of a NER training step); a norm that is not finite may also
+        # be a finite gradient whose square overflowed, so the suspects are checked exactly.
+        named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch.stack(torch._foreach_norm([g for _, g in named]))
+        if bool(torch.isfinite(norms).all()):
+            return
+        for (name, grad), norm in zip(named, norms.tolist()):
+            if not math.isfinite(norm) and not torch.isfinite(grad).all():
+                raise NumericError(f"the gradient of {name} became {_nonfinite_name(grad)} at "
                                    f"{self.where(trainer)}; lower model.lr or {_clip_hint(pl_module)}")
 
 
