@@ -214,3 +214,13 @@ def test_table_non_utf8_bytes_name_the_line(tmp_path):
     path = write(tmp_path, "a.csv", b"text,label\ngreat,pos\ncaf\xe9,neg\n")
     with pytest.raises(DataError, match=r"a\.csv:3: bytes that are not UTF-8"):
         read_table(path)
+
+
+def test_a_column_name_holding_a_line_break_still_gives_a_one_line_error(tmp_path):
+    path = tmp_path / "odd.csv"
+    path.write_text('"sen\ntence",label\nhello,pos\n')
+    with pytest.raises(DataError) as e:
+        read_table(path)
+    assert "\n" not in str(e.value)
+    assert str(e.value) == (f"{path}:3: no column 'text' (columns: sen\\ntence, label); "
+                            "set data.text_col / data.label_col")

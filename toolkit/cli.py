@@ -73,26 +73,32 @@ def cmd_plugins(args: list[str]) -> int:
     return 0
 
 
-def cmd_predict(args: list[str]) -> int:
+def _texts(opts: dict, command: str) -> list[str]:
+    """The ``text=`` values, then the non-blank lines of ``input=FILE``; none may be empty."""
     from pathlib import Path
 
-    opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "predict")
-    if "ckpt" not in opts:
-        raise ConfigError("rtk predict: ckpt=<path to a .ckpt> is required")
     texts = list(opts.get("text", []))
     if "input" in opts:
         path = Path(opts["input"][0])
         if not path.is_file():
-            raise ConfigError(f"rtk predict: input={path}: no such file")
+            raise ConfigError(f"rtk {command}: input={path}: no such file")
         try:
             texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError:
-            raise ConfigError(f"rtk predict: input={path} is not UTF-8 text") from None
+            raise ConfigError(f"rtk {command}: input={path} is not UTF-8 text") from None
     if not texts:
-        raise ConfigError('rtk predict: give text="…" (one or more) or input=<file of lines>')
+        raise ConfigError(f'rtk {command}: give text="…" (one or more) or input=<file of lines>')
     for i, text in enumerate(texts):
         if not text.strip():
-            raise ConfigError(f"rtk predict: text number {i + 1} is empty")
+            raise ConfigError(f"rtk {command}: text number {i + 1} is empty")
+    return texts
+
+
+def cmd_predict(args: list[str]) -> int:
+    opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "predict")
+    if "ckpt" not in opts:
+        raise ConfigError("rtk predict: ckpt=<path to a .ckpt> is required")
+    texts = _texts(opts, "predict")
     from toolkit.tasks.base import load_task  # torch and Lightning: only once the arguments are good
 
     model = load_task(opts["ckpt"][0])
@@ -180,22 +186,10 @@ def cmd_generate(args: list[str]) -> int:
 
 
 def cmd_score(args: list[str]) -> int:
-    from pathlib import Path
-
     opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "score")
     if "ckpt" not in opts:
         raise ConfigError("rtk score: ckpt=<path to a language model's .ckpt> is required")
-    texts = list(opts.get("text", []))
-    if "input" in opts:
-        path = Path(opts["input"][0])
-        if not path.is_file():
-            raise ConfigError(f"rtk score: input={path}: no such file")
-        try:
-            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            raise ConfigError(f"rtk score: input={path} is not UTF-8 text") from None
-    if not texts:
-        raise ConfigError('rtk score: give text="…" (one or more) or input=<file of lines>')
+    texts = _texts(opts, "score")
     from toolkit.tasks.base import load_task
 
     model = load_task(opts["ckpt"][0], expect="language_model")

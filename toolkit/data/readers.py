@@ -114,19 +114,9 @@ def read_lines(path: str | Path) -> list[dict]:
 def read_table(path: str | Path, text_col: str = "text", label_col: str = "label") -> list[dict]:
     """CSV (with a header row) or JSON lines, by the file's suffix; returns {"text", "label"}."""
     path = Path(path)
-    text = read_text(path)
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        rows = _jsonl_rows(path, text)
-    else:
-        rows = _csv_rows(path, text)
     out = []
-    for lineno, row in rows:
-        for col in (text_col, label_col):
-            if col not in row:
-                raise DataError(
-                    f"{path}:{lineno}: no column '{col}' (columns: {', '.join(map(str, row))}); "
-                    f"set data.text_col / data.label_col"
-                )
+    for lineno, row in _table_rows(path):
+        _require(path, lineno, row, (text_col, label_col), "data.text_col / data.label_col")
         value, label = row[text_col], row[label_col]
         if value is None or not str(value).strip():
             raise DataError(f"{path}:{lineno}: empty text in column '{text_col}'")
@@ -146,16 +136,9 @@ def read_pairs(path: str | Path, source_col: str = "source", target_col: str = "
     in file order (first sight of the source), so a source never sits in two splits.
     """
     path = Path(path)
-    text = read_text(path)
-    rows = _jsonl_rows(path, text) if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else _csv_rows(path, text)
     grouped: dict[str, list[list[str]]] = {}
-    for lineno, row in rows:
-        for col in (source_col, target_col):
-            if col not in row:
-                raise DataError(
-                    f"{path}:{lineno}: no column '{col}' (columns: {', '.join(map(str, row))}); "
-                    f"set data.source_col / data.target_col"
-                )
+    for lineno, row in _table_rows(path):
+        _require(path, lineno, row, (source_col, target_col), "data.source_col / data.target_col")
         source, target = row[source_col], row[target_col]
         if source is None or not str(source).strip():
             raise DataError(f"{path}:{lineno}: empty source in column '{source_col}'")
@@ -172,6 +155,21 @@ def read_pairs(path: str | Path, source_col: str = "source", target_col: str = "
     if not grouped:
         raise DataError(f"data file {path} has a header but no rows")
     return [{"word": w, "prons": prons} for w, prons in grouped.items()]
+
+
+def _table_rows(path: Path):
+    """(line number, row dict) of a CSV file with a header row, or of JSON lines, by the file's suffix."""
+    text = read_text(path)
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        return _jsonl_rows(path, text)
+    return _csv_rows(path, text)
+
+
+def _require(path: Path, lineno: int, row: dict, columns: tuple[str, ...], keys: str) -> None:
+    for col in columns:
+        if col not in row:
+            names = ", ".join(str(c).replace("\r", "\\r").replace("\n", "\\n") for c in row)  # one line
+            raise DataError(f"{path}:{lineno}: no column '{col}' (columns: {names}); set {keys}")
 
 
 def _csv_rows(path: Path, text: str):
