@@ -315,3 +315,20 @@ def test_the_summary_samples_are_drawn_without_dropout(char_run):
     data = LanguageModelDataModule(source="names", tokenizer="chars")
     data.setup()
     assert model.showcase(None, data)[1][1:] == shown
+
+
+def test_task_lm_trains_on_a_users_text_file(rtk, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the cat sat on the mat number {i}\n" for i in range(60)))
+    test = tmp_path / "test.txt"
+    test.write_text("the cat sat on the mat\n\nthe dog sat\n")
+    run_dir = tmp_path / "run"
+    r = rtk("train", "task=lm", f"data.train_file={corpus}", f"data.test_file={test}", "data.tokenizer=chars_with_spaces",
+            f"hydra.run.dir={run_dir}", *TINY)
+    assert r.returncode == 0, r.explain()
+    assert "test     nats_per_token" in r.stdout
+    spec = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)[
+        "hyper_parameters"]["spec"]
+    assert " " in spec["vocab"] and spec["tokenizer"] == "chars_with_spaces"
+    g = rtk("generate", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "n=2", "seed=0", "max_len=20")
+    assert g.returncode == 0 and len(g.stdout.splitlines()) == 2, g.explain()
