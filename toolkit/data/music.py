@@ -24,14 +24,13 @@ import copy
 import importlib.metadata
 import json
 import logging
-import os
 import re
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 from toolkit.data.fetch import cache_dir
 from toolkit.errors import DataError
+from toolkit.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -294,24 +293,8 @@ def load_chorales() -> list[dict]:
         "chorales": chorales,
         "dropped": dropped,
     }
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload), encoding="utf-8"))
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload), encoding="utf-8"))
     return chorales
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial" + path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would ignore the user's umask
-        write(tmp)
-        os.replace(tmp, path)  # atomic: a kill never leaves a half file under the real name
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- tokens <-> music
@@ -349,7 +332,7 @@ def write_midi(tokens: list[str], path) -> Path:
         except Exception as exc:  # noqa: BLE001 - music21 raises many types here
             raise DataError(f"music21 could not write the MIDI file {path} ({exc})") from None
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
     return path
 
 
