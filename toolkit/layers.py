@@ -54,6 +54,10 @@ class Recurrent(nn.Module):
         bidirectional: also run each layer right to left (from each sequence's own
             last token) and concatenate the two directions' outputs.
         dropout: dropout on the outputs of every layer but the last, training only.
+        weight_drop: DropConnect on the recurrent matrices (each cell's ``recurrent_weights``,
+            ``weight_hh`` for the built-ins), training only: one mask per forward call,
+            shared by every time step (Merity et al. 2018, AWD-LSTM). The weight is dropped,
+            not the step, so the fused kernel still runs.
         backend: ``auto`` | ``native`` | ``sequence`` | ``loop``.
         batch_first: ``x`` and ``y`` are (B, T, *) when True, else (T, B, *).
         **cell_hparams: passed to the cell (checked against its ``__init__``).
@@ -69,12 +73,14 @@ class Recurrent(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, backend: str = "auto",
-                 batch_first: bool = True, **cell_hparams: Any) -> None:
+                 batch_first: bool = True, weight_drop: float = 0.0, **cell_hparams: Any) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= weight_drop < 1.0:
+            raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
         self.cell_name = cell
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -82,6 +88,8 @@ class Recurrent(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.dropout = float(dropout)
+        self.weight_drop = float(weight_drop)
+        self._dropping = False  # inside the weight-dropped call of forward
         self.batch_first = batch_first
         self.cell_hparams = dict(cell_hparams)
         D = self.num_directions
@@ -89,6 +97,11 @@ class Recurrent(nn.Module):
             build_cell(cell, input_size if layer == 0 else hidden_size * D, hidden_size, **cell_hparams)
             for layer in range(num_layers) for _ in range(D))  # index layer * D + d
         self.backend = self._resolve_backend(backend)
+        if weight_drop > 0:
+            missing = [n for n in self.cells[0].recurrent_weights if not hasattr(self.cells[0], n)]
+            if not self.cells[0].recurrent_weights or missing:
+                raise CellError(f"cell '{cell}' names no recurrent weight to drop (recurrent_weights="
+                                f"{self.cells[0].recurrent_weights!r}), so weight_drop cannot apply to it")
 
     @property
     def output_size(self) -> int:
@@ -124,6 +137,16 @@ class Recurrent(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 state: State | Tensor | None = None) -> tuple[Tensor, State]:
+        if self.weight_drop > 0 and self.training and not self._dropping:
+            # the same forward with each recurrent matrix swapped for a dropped copy; the
+            # Parameters themselves (and the state_dict) are untouched, gradients reach them
+            dropped = {f"cells.{i}.{name}": F.dropout(getattr(cell, name), self.weight_drop)
+                       for i, cell in enumerate(self.cells) for name in cell.recurrent_weights}
+            self._dropping = True
+            try:
+                return torch.func.functional_call(self, dropped, (x, lengths, state))
+            finally:
+                self._dropping = False
         if not self.batch_first:
             x = x.transpose(0, 1)
         if x.dim() != 3 or x.size(-1) != self.input_size:

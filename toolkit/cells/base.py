@@ -24,6 +24,9 @@ faster without changing a number:
   leading shape. A cell that defines both and no ``forward_sequence`` gets one
   (:func:`projected_sequence`, autograd does the backward), so it offers the
   ``sequence`` backend without writing anything else.
+
+``recurrent_weights`` names the Parameters that multiply the previous state
+(``("weight_hh",)`` by default): the layer's ``weight_drop`` drops those.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class RecurrentCell(nn.Module):
     state_names: ClassVar[tuple[str, ...]] = ("h",)
     # A subclass may turn this into a property when the mapping depends on hparams.
     native: ClassVar[str | None] = None
+    # The Parameters that multiply the previous state (what the layer's weight_drop drops).
+    recurrent_weights: ClassVar[tuple[str, ...]] = ("weight_hh",)
 
     def __init__(self, input_size: int, hidden_size: int, **hparams: Any) -> None:
         super().__init__()

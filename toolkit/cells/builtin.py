@@ -79,6 +79,8 @@ class SimpleGRUCell(RecurrentCell):
 
     state_names = ("h",)
 
+    recurrent_weights = ()  # c<t-1> shares its matrices with x<t> (columns), so none is dropped whole
+
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
         self.weight_u = nn.Parameter(torch.empty(hidden_size, hidden_size + input_size))

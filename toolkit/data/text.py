@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from toolkit.errors import ConfigError
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+PAD_ID, UNK_ID = 0, 1  # every Vocab starts with <pad>, <unk>
 
 _TWEET = re.compile(r"https?://\S+|www\.\S+|[@#]\w+|\w+(?:[-'’]\w+)*|'\w+|[^\w\s]+")
 _WORDS = re.compile(r"\w+(?:['’]\w+)?|[^\w\s]")  # \w is Unicode: café, naïve stay whole
@@ -107,7 +108,7 @@ class Vocab:
         return len(self.itos)
 
     def encode(self, tokens: Iterable[str]) -> list[int]:
-        return [self.stoi.get(t, 1) for t in tokens]
+        return [self.stoi.get(t, UNK_ID) for t in tokens]
 
 
 class Labels:

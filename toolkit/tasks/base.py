@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.cells import available_cells, cell_entries
-from toolkit.data.text import Labels, Vocab
+from toolkit.data.text import UNK_ID, Labels, Vocab
 from toolkit.errors import CheckpointError, ConfigError
 from toolkit.layers import Recurrent
 
@@ -21,6 +22,26 @@ FORMAT_VERSION = 1  # bump when a checkpoint's hyper-parameters change meaning
 def _cell_plugin(name: str) -> dict | None:
     entry = next((e for e in cell_entries() if e.name == name), None)
     return {"distribution": entry.dist, "version": entry.version} if entry else None
+
+
+class LockedDropout(nn.Module):
+    """Variational dropout: one mask per sequence, the same at every time step (Gal &
+    Ghahramani 2016), for (B, T, E) inputs; (B, E) inputs get ordinary dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.dim() != 3:
+            return F.dropout(x, self.p, training=True)
+        mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - self.p) / (1 - self.p)  # (B, 1, E)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class SequenceTask(pl.LightningModule):
@@ -34,8 +55,15 @@ class SequenceTask(pl.LightningModule):
 
     def __init__(self, spec: dict, cell: dict, depth: int = 1, direction: str = "uni",
                  hidden_size: int = 128, embedding_dim: int = 100, dropout: float = 0.3,
-                 rnn_dropout: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.0,
+                 rnn_dropout: float = 0.0, word_dropout: float = 0.0, embedding_dropout: float = 0.0,
+                 locked_dropout: bool = False, weight_drop: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.0,
                  optimizer: str = "adam", task_name: str = "", format_version: int = FORMAT_VERSION, **extra):
+        for key, value in (("word_dropout", word_dropout), ("embedding_dropout", embedding_dropout),
+                           ("weight_drop", weight_drop)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"model.{key}={value!r} must be a number in [0, 1)")
+        if not isinstance(locked_dropout, bool):
+            raise ConfigError(f"model.locked_dropout={locked_dropout!r} must be true or false")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
         super().__init__()
@@ -48,20 +76,35 @@ class SequenceTask(pl.LightningModule):
         self.vocab = Vocab(spec["vocab"])
         self.labels = Labels(spec["labels"])
         self.embed = nn.Embedding(len(self.vocab), embedding_dim, padding_idx=0)
-        self.drop = nn.Dropout(dropout)
+        self.drop = LockedDropout(dropout) if locked_dropout else nn.Dropout(dropout)
         cell_hparams = {k: v for k, v in cell.items() if k not in ("name", "backend")}
         self.rnn = Recurrent(
             cell=cell["name"], input_size=self.input_size(), hidden_size=hidden_size,
             num_layers=depth, bidirectional=direction == "bi", dropout=rnn_dropout,
-            backend=cell.get("backend", "auto"), batch_first=True, **cell_hparams,
+            backend=cell.get("backend", "auto"), batch_first=True, weight_drop=weight_drop, **cell_hparams,
         )
 
     def input_size(self) -> int:
         return self.hparams.embedding_dim
 
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T, E); in training each known token reads as <unk> with probability
+        ``word_dropout``, so the model learns what to do with words it has not seen."""
+        p = self.hparams.word_dropout
+        if self.training and p > 0:
+            drop = (torch.rand(tokens.shape, device=tokens.device) < p) & (tokens > UNK_ID)
+            tokens = tokens.masked_fill(drop, UNK_ID)
+        p = self.hparams.embedding_dropout
+        if self.training and p > 0:
+            # whole word types dropped for this batch (every occurrence alike), AWD-LSTM's dropoute
+            w = self.embed.weight
+            keep = w.new_empty(w.size(0), 1).bernoulli_(1 - p) / (1 - p)
+            return F.embedding(tokens, w * keep, padding_idx=0)
+        return self.embed(tokens)
+
     def encode(self, batch: dict) -> Tensor:
         """(B, T) token ids -> (B, T, H * num_directions), zero at padded steps."""
-        x = self.drop(self.embed(batch["tokens"]))  # (B, T, E)
+        x = self.drop(self.embed_tokens(batch["tokens"]))  # (B, T, E)
         y, _ = self.rnn(x, lengths=batch["lengths"])
         return self.drop(y)
 

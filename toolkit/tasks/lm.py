@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from toolkit.data.lm import collate_lm, encode_lm
-from toolkit.data.text import EOS, PAD, UNK, normalize, tokenize
+from toolkit.data.text import EOS, PAD, UNK, UNK_ID, normalize, tokenize
 from toolkit.errors import ConfigError
 from toolkit.tasks.base import SequenceTask
 
@@ -37,15 +37,20 @@ class LanguageModelTask(SequenceTask):
     clip_hint = "set trainer.gradient_clip_val"
 
     def __init__(self, *args, tbptt_steps: int | None = None, clip_grad_norm: float | None = None,
-                 tie_weights: bool = False, samples: int = 10, temperature: float = 0.8, **kw):
+                 tie_weights: bool = False, samples: int = 10, temperature: float = 0.8,
+                 activation_reg: float = 0.0, temporal_activation_reg: float = 0.0, **kw):
         if kw.get("direction", "uni") != "uni":
             raise ConfigError("a language model must not see the tokens it predicts, so it can only be "
                               "unidirectional (direction=uni)")
         if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool)
                                            or not isinstance(clip_grad_norm, (int, float)) or clip_grad_norm <= 0):
             raise ConfigError(f"model.clip_grad_norm={clip_grad_norm!r} must be a positive number, or null")
+        for key, value in (("activation_reg", activation_reg), ("temporal_activation_reg", temporal_activation_reg)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"model.{key}={value!r} must be a number of at least 0")
         super().__init__(*args, tbptt_steps=tbptt_steps, clip_grad_norm=clip_grad_norm,
-                         tie_weights=tie_weights, samples=samples, temperature=temperature, **kw)
+                         tie_weights=tie_weights, samples=samples, temperature=temperature,
+                         activation_reg=activation_reg, temporal_activation_reg=temporal_activation_reg, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.vocab))
         if tie_weights:
             if self.hparams.embedding_dim != self.hparams.hidden_size:
@@ -61,37 +66,51 @@ class LanguageModelTask(SequenceTask):
     # ----------------------------------------------------------------- model
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, state=None) -> tuple[Tensor, tuple]:
         """(B, T) ids -> (B, T, V) next-token logits and the final state."""
-        x = self.drop(self.embed(tokens))
-        y, state = self.rnn(x, lengths=lengths, state=state)
-        return self.out(self.drop(y)), state
+        logits, state, _ = self._forward(tokens, lengths, state)
+        return logits, state
 
-    def _loss(self, batch: dict, stage: str) -> tuple[Tensor, int]:
+    def _forward(self, tokens: Tensor, lengths: Tensor | None, state) -> tuple[Tensor, tuple, Tensor]:
+        """Logits, final state and the activation penalty (AR / TAR, 0 when both are off or in eval)."""
+        x = self.drop(self.embed_tokens(tokens))
+        y, state = self.rnn(x, lengths=lengths, state=state)  # (B, T, H), zero at padding
+        dropped = self.drop(y)
+        penalty = y.new_zeros(())
+        if self.training:
+            # AR: large activations cost; TAR: so do large changes from one step to the next
+            # (Merity et al. 2017). Padded steps are zero in y, so they add nothing to AR.
+            if self.hparams.activation_reg:
+                penalty = penalty + self.hparams.activation_reg * dropped.pow(2).mean()
+            if self.hparams.temporal_activation_reg and y.size(1) > 1:
+                penalty = penalty + self.hparams.temporal_activation_reg * (y[:, 1:] - y[:, :-1]).pow(2).mean()
+        return self.out(dropped), state, penalty
+
+    def _loss(self, batch: dict, stage: str) -> tuple[Tensor, Tensor, int]:
         stream = "first" in batch
         state = None
         if stream and not bool(batch["first"]):
             state = self._carry[stage]
-        logits, state = self(batch["tokens"], None if stream else batch["lengths"], state)
+        logits, state, penalty = self._forward(batch["tokens"], None if stream else batch["lengths"], state)
         if stream:
             self._carry[stage] = tuple(s.detach() for s in state)  # the next chunk starts here
         targets = batch["targets"]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return loss, int((targets != -100).sum())
+        return loss, penalty, int((targets != -100).sum())
 
     def training_step(self, batch, _):
-        loss, n = self._loss(batch, "train")
+        loss, penalty, n = self._loss(batch, "train")
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         if self.automatic_optimization:
-            return loss
+            return loss + penalty
         opt = self.optimizers()
         opt.zero_grad()
-        self.manual_backward(loss)
+        self.manual_backward(loss + penalty)
         if self.hparams.clip_grad_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.clip_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
         return loss
 
     def _eval_step(self, batch, stage):
-        loss, n = self._loss(batch, stage)
+        loss, _, n = self._loss(batch, stage)
         self.nll[stage].update(loss.detach(), n)  # token-weighted: the mean over every target token
 
     def validation_step(self, batch, i):
@@ -219,7 +238,7 @@ class LanguageModelTask(SequenceTask):
         batch = {k: v.to(self.device) for k, v in collate_lm([item]).items()}
         logits, _ = self(batch["tokens"])
         logp = logits.log_softmax(-1)[0].gather(-1, batch["targets"][0][:, None]).squeeze(-1)
-        shown = [t if self.vocab.stoi.get(t, 1) != 1 else f"{t}→<unk>" for t in tokens] + [EOS]
+        shown = [t if self.vocab.stoi.get(t, UNK_ID) != UNK_ID else f"{t}→<unk>" for t in tokens] + [EOS]
         total = float(logp.sum())
         return {"tokens": shown, "logp": [float(v) for v in logp], "total": total,
                 "perplexity": math.exp(-total / len(shown))}

@@ -10,49 +10,9 @@ from torch import Tensor, nn
 from toolkit.data.modules import collate_tagging, encode_tagging
 from toolkit.data.text import SHAPES, Vocab, tokenize
 from toolkit.errors import ConfigError
+from toolkit.layers import Recurrent
 from toolkit.tasks.base import SequenceTask
-
-
-def bio_constraints(labels: list[str]) -> tuple[Tensor, Tensor] | None:
-    """For BIO tags: allowed[i, j] says tag j may follow tag i, start[j] that j may open a sentence.
-
-    ``I-x`` may only follow ``B-x`` or ``I-x``. None when the labels are not BIO.
-    """
-    if not all(t == "O" or t[:2] in ("B-", "I-") for t in labels):
-        return None
-    allowed = torch.ones(len(labels), len(labels), dtype=torch.bool)
-    for j, tag in enumerate(labels):
-        if tag.startswith("I-"):
-            for i, prev in enumerate(labels):
-                allowed[i, j] = prev != "O" and prev[2:] == tag[2:]
-    start = torch.tensor([not t.startswith("I-") for t in labels])
-    return allowed, start
-
-
-def viterbi(log_probs: Tensor, lengths: Tensor, allowed: Tensor, start: Tensor) -> list[list[int]]:
-    """The most probable tag sequence that obeys the transitions, per sentence.
-
-    log_probs: (B, T, K) per-token log-probabilities; lengths: (B,).
-    """
-    b, t, _ = log_probs.shape
-    blocked = torch.tensor(float("-inf"), device=log_probs.device)
-    trans = torch.where(allowed.to(log_probs.device), 0.0, blocked)  # (K, K)
-    score = log_probs[:, 0] + torch.where(start.to(log_probs.device), 0.0, blocked)  # (B, K)
-    back = []
-    for step in range(1, t):
-        best, idx = (score[:, :, None] + trans[None]).max(1)  # (B, K): best previous tag for each tag
-        live = (lengths.to(log_probs.device) > step)[:, None]  # (B, 1)
-        score = torch.where(live, best + log_probs[:, step], score)
-        back.append(idx)
-    paths = []
-    for i, n in enumerate(lengths.tolist()):
-        tag = int(score[i].argmax())
-        path = [tag]
-        for step in range(n - 1, 0, -1):
-            tag = int(back[step - 1][i, tag])
-            path.append(tag)
-        paths.append(path[::-1])
-    return paths
+from toolkit.tasks.crf import CRF, bio_constraints, transition_constraints, viterbi  # noqa: F401 (public here too)
 
 
 class CharCNN(nn.Module):
@@ -75,31 +35,101 @@ class CharCNN(nn.Module):
         return torch.nan_to_num(y, neginf=0.0).view(b, t, -1)  # padded tokens have no chars -> 0
 
 
+class CharLSTM(nn.Module):
+    """A word's characters -> one vector: a bidirectional LSTM over them, both final states
+    (Lample et al. 2016). Runs only the real words of the batch, through ``Recurrent``."""
+
+    def __init__(self, n_chars: int, char_dim: int, features: int):
+        super().__init__()
+        self.embed = nn.Embedding(n_chars, char_dim, padding_idx=0)
+        self.rnn = Recurrent("lstm", char_dim, features // 2, bidirectional=True)
+
+    def forward(self, chars: Tensor) -> Tensor:
+        b, t, w = chars.shape
+        flat = chars.view(b * t, w)
+        n = (flat != 0).sum(1)  # (B*T,) characters per word; 0 for padded tokens
+        real = n.nonzero().squeeze(1)
+        _, (h, _) = self.rnn(self.embed(flat[real]), lengths=n[real])  # h: (2, N, F/2)
+        out = flat.new_zeros(b * t, 2 * h.size(-1), dtype=h.dtype)
+        out[real] = torch.cat([h[0], h[1]], -1)
+        return out.view(b, t, -1)
+
+
+CHAR_ENCODERS = {"cnn", "lstm"}
+DECODERS = ("viterbi", "greedy", "crf")
+
+
+def bio_to_bioes(labels: list[str]) -> tuple[list[str], Tensor, Tensor]:
+    """BIOES tags for BIO ``labels``, a table ``[bio id, next is I-] -> BIOES id`` and one
+    ``BIOES id -> BIO id`` (S-x -> B-x, E-x -> I-x)."""
+    bioes = sorted({"O"} | {f"{p}-{t[2:]}" for t in labels if t != "O" for p in "BIES"})
+    index = {t: i for i, t in enumerate(bioes)}
+    to_bioes = torch.zeros(len(labels), 2, dtype=torch.long)
+    for i, tag in enumerate(labels):
+        kind = tag[2:]
+        if tag == "O":
+            to_bioes[i] = index["O"]
+        elif tag.startswith("B-"):
+            to_bioes[i] = torch.tensor([index[f"S-{kind}"], index[f"B-{kind}"]])
+        else:
+            to_bioes[i] = torch.tensor([index[f"E-{kind}"], index[f"I-{kind}"]])
+    bio_index = {t: i for i, t in enumerate(labels)}
+    to_bio = torch.tensor([bio_index[t if t == "O" else {"S": "B", "E": "I"}.get(t[0], t[0]) + t[1:]]
+                           for t in bioes])
+    return bioes, to_bioes, to_bio
+
+
 class TaggingTask(SequenceTask):
-    """Per-token softmax over the tag set; entity-level F1 / precision / recall (seqeval).
+    """Per-token scores over the tag set; entity-level F1 / precision / recall (seqeval).
 
     Each token is its word embedding, a shape embedding (capitalisation, mention,
-    hashtag, …) and, when ``char_filters > 0``, a character CNN.
+    hashtag, …) and, when ``char_filters > 0``, a character encoder (a CNN or a
+    BiLSTM over the word's characters). Decoding: ``viterbi`` (softmax per token,
+    then the best valid sequence), ``greedy`` (argmax per token) or ``crf`` (a
+    linear-chain CRF trained on whole sentences, see ``toolkit.tasks.crf``).
+    ``tag_scheme=bioes`` trains on BIOES tags derived from the BIO data (an
+    entity's single, first, inner and last tokens told apart) and reports in BIO.
     """
 
     head = "tagging"
 
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
-                 char_kernel: int = 3, decode: str = "viterbi", **kw):
-        if decode not in ("viterbi", "greedy"):
-            raise ConfigError(f"model.decode={decode!r} must be 'viterbi' (BIO-valid tag sequences) or 'greedy'")
+                 char_kernel: int = 3, char_encoder: str = "cnn", decode: str = "viterbi",
+                 tag_scheme: str = "bio", **kw):
+        if decode not in DECODERS:
+            raise ConfigError(f"model.decode={decode!r} must be one of: viterbi (BIO-valid tag sequences), "
+                              "greedy (argmax per token), crf (a learned linear-chain CRF)")
+        if char_encoder not in CHAR_ENCODERS:
+            raise ConfigError(f"model.char_encoder={char_encoder!r} must be 'cnn' or 'lstm'")
         if char_kernel < 1 or char_kernel % 2 == 0:
             raise ConfigError(f"model.char_kernel={char_kernel} must be an odd whole number (the "
                               "convolution keeps a word's length only with an odd width)")
+        if char_encoder == "lstm" and char_filters % 2:
+            raise ConfigError(f"model.char_filters={char_filters} must be even with model.char_encoder=lstm "
+                              "(half of the features come from each direction)")
+        if tag_scheme not in ("bio", "bioes"):
+            raise ConfigError(f"model.tag_scheme={tag_scheme!r} must be 'bio' or 'bioes'")
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
-                         char_kernel=char_kernel, decode=decode, **kw)
+                         char_kernel=char_kernel, char_encoder=char_encoder, decode=decode,
+                         tag_scheme=tag_scheme, **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
-        self.char_cnn = (CharCNN(len(self.hparams.spec["chars"]), char_dim, char_filters, char_kernel)
-                         if char_filters > 0 else None)
+        n_chars = len(self.hparams.spec["chars"])
+        self.char_cnn = None
+        if char_filters > 0:
+            self.char_cnn = (CharCNN(n_chars, char_dim, char_filters, char_kernel) if char_encoder == "cnn"
+                             else CharLSTM(n_chars, char_dim, char_filters))
         self.chars = Vocab(self.hparams.spec["chars"])
-        self.constraints = bio_constraints(self.labels.names) if decode == "viterbi" else None
-        self.out = nn.Linear(self.rnn.output_size, len(self.labels))
+        self.tags = self.labels.names  # what the network scores: the data's tags, or BIOES from them
+        if tag_scheme == "bioes":
+            if bio_constraints(self.labels.names) is None:
+                raise ConfigError("model.tag_scheme=bioes needs BIO tags in the data (O, B-<type>, I-<type>)")
+            self.tags, to_bioes, to_bio = bio_to_bioes(self.labels.names)
+            self.register_buffer("to_bioes", to_bioes, persistent=False)
+            self.register_buffer("to_bio", to_bio, persistent=False)
+        self.constraints = transition_constraints(self.tags) if decode != "greedy" else None
+        self.crf = CRF(len(self.tags), self.constraints) if decode == "crf" else None
+        self.out = nn.Linear(self.rnn.output_size, len(self.tags))
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
 
@@ -107,21 +137,40 @@ class TaggingTask(SequenceTask):
         return self.hparams.embedding_dim + self._extra_dim
 
     def forward(self, batch: dict) -> Tensor:
-        parts = [self.embed(batch["tokens"]), self.shape_embed(batch["shapes"])]  # (B, T, E), (B, T, S)
+        parts = [self.embed_tokens(batch["tokens"]), self.shape_embed(batch["shapes"])]  # (B, T, E), (B, T, S)
         if self.char_cnn is not None:
             parts.append(self.char_cnn(batch["chars"]))  # (B, T, F)
         y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"])  # (B, T, H*D)
         return self.out(self.drop(y))  # (B, T, n_tags)
 
     def decode(self, logits: Tensor, lengths: Tensor) -> list[list[int]]:
-        """(B, T, K) scores -> tag ids per sentence: BIO-constrained Viterbi, or argmax."""
-        if self.constraints is None:
-            return [row[:n] for row, n in zip(logits.argmax(-1).tolist(), lengths.tolist())]
-        return viterbi(logits.log_softmax(-1), lengths, *self.constraints)
+        """(B, T, K) scores -> label ids (the data's tags) per sentence."""
+        if self.crf is not None:
+            paths = self.crf.decode(logits, lengths)
+        elif self.constraints is None:
+            paths = [row[:n] for row, n in zip(logits.argmax(-1).tolist(), lengths.tolist())]
+        else:
+            paths = viterbi(logits.log_softmax(-1), lengths, *self.constraints)
+        if self.hparams.tag_scheme == "bioes":
+            to_bio = self.to_bio.tolist()
+            paths = [[to_bio[i] for i in p] for p in paths]
+        return paths
+
+    def network_tags(self, tags: Tensor) -> Tensor:
+        """The data's tag ids (B, T; -100 at padding) -> the ids the network is trained on."""
+        if self.hparams.tag_scheme != "bioes":
+            return tags
+        nxt = torch.cat([tags[:, 1:], tags.new_full((tags.size(0), 1), -100)], 1)
+        inside = self.to_bioes.new_tensor([t.startswith("I-") for t in self.labels.names])
+        nxt_is_i = torch.where(nxt >= 0, inside[nxt.clamp(min=0)], False).long()
+        return torch.where(tags >= 0, self.to_bioes[tags.clamp(min=0), nxt_is_i], -100)
 
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor]:
         logits = self(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["tags"].flatten(), ignore_index=-100)
+        tags = self.network_tags(batch["tags"])
+        if self.crf is not None:  # sentence likelihood, per token so its scale matches cross-entropy
+            return self.crf.nll(logits, tags, batch["lengths"]) / batch["lengths"].sum(), logits
+        loss = F.cross_entropy(logits.flatten(0, 1), tags.flatten(), ignore_index=-100)
         return loss, logits
 
     def training_step(self, batch, _):
