@@ -148,6 +148,7 @@ def train(cfg: DictConfig) -> float | None:
     from toolkit.data.registry import DATA_MODULES
     from toolkit.summary import plot_curves, render
     from toolkit.tasks import HEADS
+    from toolkit.tasks.transfer import init_from_lm, lm_vocabulary
 
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -159,6 +160,9 @@ def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    init_from = cfg.model.get("init_from")
+    if init_from is not None:  # the language model's vocabulary encodes the data (checked before loading it)
+        data["vocab"] = lm_vocabulary(init_from, head, data)
     datamodule = DATA_MODULES[head](seed=cfg.seed, **data)
     datamodule.setup()
     if resume:
@@ -167,6 +171,8 @@ def train(cfg: DictConfig) -> float | None:
     model = HEADS[head](spec=datamodule.spec(), cell=OmegaConf.to_container(cfg.cell, resolve=True),
                         depth=cfg.depth, direction=cfg.direction, hidden_size=cfg.hidden_size,
                         task_name=cfg.task.name, **OmegaConf.to_container(cfg.model, resolve=True))
+    if init_from is not None and resume is None:
+        log.info(init_from_lm(model, init_from))
 
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=cfg.task.mode,

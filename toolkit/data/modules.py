@@ -227,7 +227,7 @@ class _SplitDataModule(pl.LightningDataModule):
                  val_file: str | None = None, test_file: str | None = None,
                  tokenizer: str = "words", normalize: str = "lower", min_count: int = 1,
                  max_vocab: int | None = None, batch_size: int = 32, eval_batch_size: int = 256,
-                 bucketing: bool = True, seed: int = 0, **reader_options):
+                 bucketing: bool = True, seed: int = 0, vocab: list[str] | None = None, **reader_options):
         super().__init__()
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
                            ("min_count", min_count), ("max_vocab", max_vocab)):
@@ -243,6 +243,7 @@ class _SplitDataModule(pl.LightningDataModule):
         self.reader_options = reader_options
         self.encoded: dict[str, list[dict] | None] = {}
         self.vocab: Vocab | None = None
+        self.given_vocab = vocab  # e.g. a language model's (model.init_from): used instead of building one
         self.labels: Labels | None = None
         self.train_sampler: BucketBatchSampler | None = None
         self.start_epoch = 0  # set when resuming
@@ -266,7 +267,10 @@ class _SplitDataModule(pl.LightningDataModule):
         self.raw = splits  # the examples as read (for sample predictions)
 
     def _build_vocab(self, train) -> Vocab:
-        return Vocab.build(self._train_tokens(train), self.min_count, self.max_vocab)
+        tokens = self._train_tokens(train)
+        if self.given_vocab is not None:
+            return Vocab(self.given_vocab)
+        return Vocab.build(tokens, self.min_count, self.max_vocab)
 
     def _where(self, split: str) -> str:
         return f"data.source={self.source}" if self.source else str(self.files[split] or self.files["train"])

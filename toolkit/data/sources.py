@@ -45,9 +45,8 @@ def vader_movies_path() -> Path:
     )
 
 
-def load_vader_movies() -> list[dict]:
-    """Sentences with score != 0 as {"text", "label"}, label "positive" if score > 0."""
-    path = vader_movies_path()
+def _vader_rows(path: Path) -> list[tuple[float, str]]:
+    """(mean score, text) per line of a VADER ground-truth file (id<TAB>score<TAB>text)."""
     out = []
     for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -55,9 +54,34 @@ def load_vader_movies() -> list[dict]:
         parts = line.split("\t", 2)
         if len(parts) != 3:
             raise DataError(f"{path}:{lineno}: expected id<TAB>score<TAB>text")
-        score = float(parts[1])
-        if score != 0:
-            out.append({"text": parts[2].strip(), "label": "positive" if score > 0 else "negative"})
+        try:
+            out.append((float(parts[1]), parts[2].strip()))
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: the score {parts[1]!r} is not a number") from None
+    return out
+
+
+def load_vader_movies() -> list[dict]:
+    """Sentences with score != 0 as {"text", "label"}, label "positive" if score > 0."""
+    return [{"text": text, "label": "positive" if score > 0 else "negative"}
+            for score, text in _vader_rows(vader_movies_path()) if score != 0]
+
+
+# The other domains of VADER's ground truth (same sdist, same licence), read as plain text.
+VADER_OTHER = ("tweets_GroundTruth.txt", "amazonReviewSnippets_GroundTruth.txt", "nytEditorialSnippets_GroundTruth.txt")
+
+
+def load_vader_text() -> list[dict]:
+    """Unlabelled text for a language model to transfer to ``sentiment`` (model.init_from) as
+    {"text"}: VADER's tweets, Amazon and New York Times snippets (4,200 + 3,708 + 5,190), then
+    the movie sentences of the sentiment task's *training* split only, so no sentiment
+    validation or test sentence is ever read."""
+    out = []
+    for name in VADER_OTHER:
+        path = pip_member("vaderSentiment==3.3.2", f"additional_resources/hutto_ICWSM_2014.tar.gz!{name}",
+                          sdist=True, dest_name=f"vader-3.3.2-{name}")
+        out.extend({"text": text} for _, text in _vader_rows(path))
+    out.extend({"text": ex["text"]} for ex in standard_split(load_vader_movies())["train"])
     return out
 
 
@@ -160,6 +184,7 @@ def load_bach_chorales() -> list[dict]:
 SOURCES = {
     "wnut16": load_wnut16,
     "vader_movies": load_vader_movies,
+    "vader_text": load_vader_text,
     "peptides": load_peptides,
     "names": load_names,
     "kjv": load_kjv,

@@ -57,7 +57,8 @@ class SequenceTask(pl.LightningModule):
                  hidden_size: int = 128, embedding_dim: int = 100, dropout: float = 0.3,
                  rnn_dropout: float = 0.0, word_dropout: float = 0.0, embedding_dropout: float = 0.0,
                  locked_dropout: bool = False, weight_drop: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.0,
-                 optimizer: str = "adam", task_name: str = "", format_version: int = FORMAT_VERSION, **extra):
+                 optimizer: str = "adam", task_name: str = "", init_from: str | None = None,
+                 format_version: int = FORMAT_VERSION, **extra):
         for key, value in (("word_dropout", word_dropout), ("embedding_dropout", embedding_dropout),
                            ("weight_drop", weight_drop)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -66,7 +67,11 @@ class SequenceTask(pl.LightningModule):
             raise ConfigError(f"model.locked_dropout={locked_dropout!r} must be true or false")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
+        if init_from is not None and not isinstance(init_from, str):
+            raise ConfigError(f"model.init_from={init_from!r} must be the path of a language-model checkpoint, or null")
         super().__init__()
+        # init_from is kept as a record only: the weights it gave are in the state_dict
+        # (toolkit.tasks.transfer copies them once, when training starts).
         # Kept in the checkpoint, not sent to loggers (the vocabulary alone is thousands
         # of entries); the train app logs the resolved Hydra config instead.
         self.save_hyperparameters(logger=False)
