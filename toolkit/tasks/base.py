@@ -16,6 +16,7 @@ from toolkit.errors import CheckpointError, ConfigError
 from toolkit.layers import Recurrent
 
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 FORMAT_VERSION = 1  # bump when a checkpoint's hyper-parameters change meaning
 
 
@@ -57,7 +58,8 @@ class SequenceTask(pl.LightningModule):
                  hidden_size: int = 128, embedding_dim: int = 100, dropout: float = 0.3,
                  rnn_dropout: float = 0.0, word_dropout: float = 0.0, embedding_dropout: float = 0.0,
                  locked_dropout: bool = False, weight_drop: float = 0.0, lr: float = 2e-3, weight_decay: float = 0.0,
-                 optimizer: str = "adam", task_name: str = "", init_from: str | None = None,
+                 optimizer: str = "adam", lr_schedule: str = "constant", task_name: str = "",
+                 init_from: str | None = None,
                  format_version: int = FORMAT_VERSION, **extra):
         for key, value in (("word_dropout", word_dropout), ("embedding_dropout", embedding_dropout),
                            ("weight_drop", weight_drop)):
@@ -65,6 +67,8 @@ class SequenceTask(pl.LightningModule):
                 raise ConfigError(f"model.{key}={value!r} must be a number in [0, 1)")
         if not isinstance(locked_dropout, bool):
             raise ConfigError(f"model.locked_dropout={locked_dropout!r} must be true or false")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"model.lr_schedule={lr_schedule!r} is not one of: {', '.join(LR_SCHEDULES)}")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
         if init_from is not None and not isinstance(init_from, str):
@@ -129,7 +133,18 @@ class SequenceTask(pl.LightningModule):
         # Adam bounds each update by about lr whatever the gradient's size; plain SGD
         # steps by the gradient itself, so an exploding gradient shows (and clipping matters)
         cls = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.SGD
-        return cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        # cosine: from lr down to 0 over trainer.max_epochs, one step an epoch (Loshchilov & Hutter 2017)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_epoch_end(self):
+        # a manually optimised model (truncated BPTT) steps its schedule itself
+        if not self.automatic_optimization and self.hparams.lr_schedule != "constant":
+            self.lr_schedulers().step()
 
 
 def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:

@@ -117,6 +117,9 @@ class Seq2SeqTask(SequenceTask):
         if lr_decay is not None and (isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float))
                                      or not 0 < lr_decay < 1):
             raise ConfigError(f"model.lr_decay={lr_decay!r} must be a number in (0, 1), or null for none")
+        if lr_decay is not None and kw.get("lr_schedule", "constant") != "constant":
+            raise ConfigError(f"model.lr_decay={lr_decay!r} and model.lr_schedule={kw['lr_schedule']!r} are two "
+                              "learning-rate schedules; set model.lr_decay=null to use the other")
         super().__init__(*args, decoder_depth=decoder_depth, attention=attention, beam_size=beam_size,
                          lr_decay=lr_decay, **kw)
         hp = self.hparams
@@ -301,7 +304,7 @@ class Seq2SeqTask(SequenceTask):
 
     def configure_optimizers(self):
         optimizer = super().configure_optimizers()
-        if self.hparams.lr_decay is None:
+        if self.hparams.lr_decay is None or self.hparams.lr_schedule != "constant":
             return optimizer
         # a short run gains most from a smaller step once validation stops improving
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.hparams.lr_decay,

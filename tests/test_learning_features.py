@@ -1,0 +1,139 @@
+"""The switches that make models learn better (docs/results.md): each trains and decodes at a tiny size,
+and each does what it says on the numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY
+from toolkit.layers import Recurrent
+from toolkit.tasks.base import LockedDropout
+
+
+def test_locked_dropout_uses_one_mask_for_every_time_step():
+    torch.manual_seed(0)
+    drop = LockedDropout(0.5).train()
+    y = drop(torch.ones(4, 7, 6))
+    assert torch.equal(y, y[:, :1].expand_as(y))  # the same mask at each step
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+    assert torch.equal(drop.eval()(torch.ones(4, 7, 6)), torch.ones(4, 7, 6))
+
+
+@pytest.mark.parametrize("backend", ["native", "loop"])
+def test_weight_drop_drops_the_recurrent_matrix_once_per_call_and_keeps_the_parameters(backend):
+    torch.manual_seed(0)
+    rnn = Recurrent("lstm", 3, 5, weight_drop=0.5, backend=backend)
+    before = {k: v.clone() for k, v in rnn.state_dict().items()}
+    x = torch.randn(2, 6, 3)
+    rnn.train()
+    torch.manual_seed(1)
+    y1, _ = rnn(x)
+    torch.manual_seed(1)
+    y2, _ = rnn(x)
+    assert torch.equal(y1, y2)  # the mask comes from the RNG, once per forward
+    # the same numbers as running the cells with a hand-dropped weight_hh
+    torch.manual_seed(1)
+    mask = torch.nn.functional.dropout(torch.ones_like(rnn.cells[0].weight_hh), 0.5)
+    ref = Recurrent("lstm", 3, 5, backend="loop")
+    ref.load_state_dict(rnn.state_dict())
+    with torch.no_grad():
+        ref.cells[0].weight_hh.mul_(mask)
+    y_ref, _ = ref.train()(x)
+    assert torch.allclose(y1, y_ref, atol=1e-6)
+    y1.sum().backward()
+    assert rnn.cells[0].weight_hh.grad is not None and (rnn.cells[0].weight_hh.grad[mask == 0] == 0).all()
+    assert all(torch.equal(v, before[k]) for k, v in rnn.state_dict().items())  # nothing written back
+    rnn.eval()
+    y_eval, _ = rnn(x)
+    ref.load_state_dict(rnn.state_dict())
+    assert torch.allclose(y_eval, ref.eval()(x)[0], atol=1e-6)  # no drop at evaluation
+
+
+def test_weight_drop_refuses_a_cell_without_a_recurrent_matrix():
+    from toolkit.errors import CellError
+
+    with pytest.raises(CellError, match="gru_simple.*weight_drop"):
+        Recurrent("gru_simple", 3, 5, weight_drop=0.2)
+
+
+def test_word_dropout_turns_known_tokens_into_unk_in_training_only(compose):
+    from toolkit.tasks.classification import ClassificationTask
+
+    spec = {"kind": "classification", "tokenizer": "words", "normalize": "lower",
+            "vocab": ["<pad>", "<unk>", *[f"w{i}" for i in range(20)]], "labels": ["a", "b"]}
+    model = ClassificationTask(spec=spec, cell={"name": "lstm"}, hidden_size=4, embedding_dim=4, word_dropout=0.5)
+    tokens = torch.randint(2, 22, (50, 40))
+    tokens[:, -3:] = 0  # padding stays padding
+    seen = []
+    model.embed.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    model.train().embed_tokens(tokens)
+    dropped = seen[-1]
+    share = (dropped == 1).float()[:, :-3].mean().item()
+    assert 0.4 < share < 0.6 and (dropped[:, -3:] == 0).all()
+    model.eval().embed_tokens(tokens)
+    assert torch.equal(seen[-1], tokens)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["model.decode=crf"], ["model.decode=crf", "model.tag_scheme=bioes"],
+                                   ["model.char_encoder=lstm", "model.word_dropout=0.1"]],
+                         ids=["crf", "crf-bioes", "char-lstm"])
+def test_a_tagger_with_each_switch_trains_tests_and_predicts(rtk, tmp_path, extra):
+    run = tmp_path / "run"
+    r = rtk("train", *TINY, "trainer.limit_train_batches=10", *extra, f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.explain()
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert 0 <= test["test_f1"] <= 1
+    p = rtk("predict", f"ckpt={run}/checkpoints/best.ckpt", "text=Harry Potter met Hermione in London")
+    assert p.returncode == 0, p.explain()
+    tags = [line.split("\t")[1] for line in p.stdout.splitlines()]
+    assert len(tags) == 6
+    for prev, tag in zip(["O", *tags], tags):  # decoding never breaks BIO, whatever the network learned
+        assert not tag.startswith("I-") or prev[2:] == tag[2:], tags
+
+
+@pytest.mark.slow
+def test_a_language_model_with_the_awd_regularisers_and_cosine_schedule_trains(rtk, tmp_path):
+    run = tmp_path / "run"
+    r = rtk("train", "task=word_lm", *TINY, "model.tbptt_steps=10", "model.locked_dropout=true",
+            "model.embedding_dropout=0.1", "model.weight_drop=0.3", "model.activation_reg=1.0",
+            "model.temporal_activation_reg=1.0", "model.lr_schedule=cosine", "model.samples=2",
+            f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.explain()
+    assert json.loads((run / "results.json").read_text())["test"]["test_perplexity"] > 1
+
+
+@pytest.mark.slow
+def test_a_classifier_starts_from_a_language_model_and_refuses_one_that_does_not_fit(rtk, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"a {w} film , {w} and {v} .\n" for w in ("good", "bad", "dull", "fine")
+                            for v in ("moving", "witty", "slow")) * 5)
+    rows = tmp_path / "train.csv"
+    rows.write_text("text,label\n" + "".join(f"a {w} film,{'pos' if w in ('good', 'fine') else 'neg'}\n"
+                                             for w in ("good", "bad", "dull", "fine")) * 10)
+    lm = tmp_path / "lm"
+    r = rtk("train", "task=lm", *TINY, f"data.train_file={text}", "model.embedding_dim=8", "hidden_size=16",
+            "model.samples=0", f"hydra.run.dir={lm}")
+    assert r.returncode == 0, r.explain()
+    ckpt = lm / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    run = tmp_path / "clf"
+    r = rtk("train", "task=classification", *TINY, f"data.train_file={rows}", "model.embedding_dim=8",
+            f"model.init_from={ckpt}", "trainer.limit_train_batches=0", "patience=null", "trainer.max_epochs=0",
+            f"hydra.run.dir={run}")
+    # max_epochs=0 keeps the initial weights: they must be the language model's
+    assert r.returncode == 0, r.explain()
+    got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(got["embed.weight"], state["embed.weight"])
+    for d in (0, 1):  # both directions of the bidirectional classifier
+        assert torch.equal(got[f"rnn.cells.{d}.weight_hh"], state["rnn.cells.0.weight_hh"])
+    bad = rtk("train", "task=classification", *TINY, f"data.train_file={rows}", "model.embedding_dim=8",
+              "hidden_size=32", f"model.init_from={ckpt}", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "does not fit this model: hidden_size=32 (language model: 16)" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    other = rtk("train", "task=classification", *TINY, f"data.train_file={rows}", "data.tokenizer=chars",
+                f"model.init_from={ckpt}", f"hydra.run.dir={tmp_path / 'other'}")
+    assert other.returncode == 2 and "data.tokenizer='words'" in other.stderr, other.explain()
