@@ -162,7 +162,9 @@ def train(cfg: DictConfig) -> float | None:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     init_from = cfg.model.get("init_from")
     if init_from is not None:  # the language model's vocabulary encodes the data (checked before loading it)
-        data["vocab"] = lm_vocabulary(init_from, head, data)
+        data["vocab"] = lm_vocabulary(init_from, head, data, {
+            "cell": cfg.cell.name, "hidden_size": cfg.hidden_size, "depth": cfg.depth,
+            "embedding_dim": cfg.model.get("embedding_dim")})
     datamodule = DATA_MODULES[head](seed=cfg.seed, **data)
     datamodule.setup()
     if resume:

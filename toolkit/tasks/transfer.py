@@ -37,18 +37,31 @@ def _lm(path: str) -> dict:
     return read_checkpoint(path, expect="language_model")
 
 
-def lm_vocabulary(path: str, head: str, data: dict) -> list[str]:
-    """The LM's vocabulary, after checking that the task's data is tokenised the same way."""
+def lm_vocabulary(path: str, head: str, data: dict, model: dict) -> list[str]:
+    """The LM's vocabulary, after checking (before any data loads) that the task's data is
+    tokenised the LM's way and that ``model`` (cell, hidden_size, embedding_dim, depth) fits it."""
     if head not in HEADS_THAT_TRANSFER:
         raise ConfigError(f"model.init_from applies to the {' and '.join(HEADS_THAT_TRANSFER)} heads, "
                           f"not to {head}")
-    spec = _lm(path)["hyper_parameters"]["spec"]
+    hp = _lm(path)["hyper_parameters"]
+    _check_fit(path, hp, data, model)
+    return list(hp["spec"]["vocab"])
+
+
+def _check_fit(path: str, hp: dict, data: dict, model: dict) -> None:
+    spec = hp["spec"]
     for key in ("tokenizer", "normalize"):
         if data.get(key) != spec[key]:
             raise ConfigError(f"model.init_from={path} was trained with data.{key}={spec[key]!r}, but this "
                               f"run reads data.{key}={data.get(key)!r}; set data.{key}={spec[key]} so the "
                               "words map onto the language model's vocabulary")
-    return list(spec["vocab"])
+    wanted = {"cell": (hp["cell"]["name"], model["cell"]), "hidden_size": (hp["hidden_size"], model["hidden_size"]),
+              "model.embedding_dim": (hp["embedding_dim"], model["embedding_dim"])}
+    diff = [f"{k}={new!r} (language model: {old!r})" for k, (old, new) in wanted.items() if old != new]
+    if hp["depth"] < model["depth"]:
+        diff.append(f"depth={model['depth']} (language model: {hp['depth']})")
+    if diff:
+        raise ConfigError(f"model.init_from={path} does not fit this model: {'; '.join(diff)}")
 
 
 @torch.no_grad()
@@ -56,13 +69,9 @@ def init_from_lm(model: SequenceTask, path: str) -> str:
     """Copy the LM's embedding and recurrent layers into ``model``; returns what was copied."""
     ckpt = _lm(path)
     hp, state, mine = ckpt["hyper_parameters"], ckpt["state_dict"], model.hparams
-    wanted = {"cell": (hp["cell"]["name"], mine.cell["name"]), "hidden_size": (hp["hidden_size"], mine.hidden_size),
-              "model.embedding_dim": (hp["embedding_dim"], mine.embedding_dim)}
-    diff = [f"{k}={new!r} (language model: {old!r})" for k, (old, new) in wanted.items() if old != new]
-    if hp["depth"] < mine.depth:
-        diff.append(f"depth={mine.depth} (language model: {hp['depth']})")
-    if diff:
-        raise ConfigError(f"model.init_from={path} does not fit this model: {'; '.join(diff)}")
+    _check_fit(path, hp, {k: mine.spec.get(k) for k in ("tokenizer", "normalize")},
+               {"cell": mine.cell["name"], "hidden_size": mine.hidden_size, "embedding_dim": mine.embedding_dim,
+                "depth": mine.depth})
     if list(hp["spec"]["vocab"]) != model.vocab.itos:
         raise ConfigError(f"model.init_from={path}: the data was not encoded with the language model's vocabulary")
     model.embed.weight.copy_(state["embed.weight"])
