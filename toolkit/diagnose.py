@@ -283,7 +283,9 @@ def _last_step_tagging(model, batch: dict) -> Tensor:
     logits = model(batch)  # (B, T, K)
     rows = torch.arange(logits.size(0), device=logits.device)
     last = batch["lengths"].to(logits.device) - 1
-    return F.cross_entropy(logits[rows, last], batch["tags"][rows, last], reduction="sum")
+    tags = model.network_tags(batch["tags"])  # the ids the network scores (BIOES under tag_scheme=bioes)
+    # the last token's own softmax, also for a CRF tagger (whose emissions are these logits)
+    return F.cross_entropy(logits[rows, last], tags[rows, last], reduction="sum")
 
 
 def _last_step_language_model(model, batch: dict) -> Tensor:
