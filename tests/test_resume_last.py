@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_train, rtk_cmd
+from conftest import TINY, compose_train, rtk_cmd
 from toolkit.errors import ConfigError
 from toolkit.train import csv_logger, resolve_ckpt
 
@@ -85,7 +85,8 @@ def test_this_runs_own_checkpoint_of_another_config_is_refused_not_skipped(tmp_p
 
 def test_rtk_train_says_there_is_no_last_checkpoint_and_leaves_no_run_dir(tmp_path):
     run_dir = tmp_path / "runs" / "x"
-    r = rtk_cmd("train", "task=peptides", "ckpt_path=last", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    # (TINY: were the check lost, the run it would start stays short)
+    r = rtk_cmd("train", "task=peptides", "ckpt_path=last", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert r.returncode == 2, r.explain()
     assert r.stderr.strip() == (f"error: ckpt_path=last: no checkpoints/last.ckpt of this config in {run_dir} or in "
                                 f"the other runs under {run_dir.parent}; pass the checkpoint's path instead")
