@@ -217,10 +217,12 @@ def test_bad_value_is_named_with_its_key(app, override, sentence):
     assert app("task=peptides", override) == (2, f"error: {sentence}")
 
 
-def test_bidirectional_language_model(app):
-    # No language-model task ships yet; task.causal=true is the flag the LM tasks set.
-    assert app("task=peptides", "task.causal=true", "direction=bi") == (
-        2, "error: direction=bi with task=peptides: a language model must not see the tokens it predicts, "
+@pytest.mark.parametrize("task", [["task=char_lm"], ["task=peptides", "task.causal=true"]])
+def test_bidirectional_language_model(app, task):
+    # task.causal=true is what the language-model tasks set, and what makes any task's config refuse direction=bi
+    name = task[0].split("=")[1]
+    assert app(*task, "direction=bi") == (
+        2, f"error: direction=bi with task={name}: a language model must not see the tokens it predicts, "
            "so it can only be unidirectional (direction=uni)")
 
 

@@ -172,7 +172,8 @@ def test_rtk_generate_samples_names_and_greedy_repeats(char_run):
     assert a.returncode == 0, a.explain()
     assert a.stdout == b.stdout and len(a.stdout.splitlines()) == 4
     c = rtk_cmd("generate", f"ckpt={ckpt}", "n=3", "prompt=ma", "max_len=8", "seed=0", cwd=cwd)
-    assert c.returncode == 0 and all(line.startswith("ma") for line in c.stdout.splitlines())
+    lines = c.stdout.splitlines()
+    assert c.returncode == 0 and len(lines) == 3 and all(line.startswith("ma") for line in lines), c.explain()
 
 
 def test_rtk_score_ranks_texts_and_prints_per_token_probabilities(char_run):

@@ -55,7 +55,8 @@ def test_generate_continues_the_first_few_notes(music_run):
     r = rtk_cmd("generate", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "n=2", "prompt=<major> C5_1 D5_1",
                 "max_len=5", "seed=0", cwd=cwd)
     assert r.returncode == 0, r.explain()
-    assert all(line.split()[:3] == ["<major>", "C5_1", "D5_1"] for line in r.stdout.splitlines())
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all(line.split()[:3] == ["<major>", "C5_1", "D5_1"] for line in lines), r.stdout
 
 
 def test_several_samples_go_to_numbered_midi_files(music_run, tmp_path):

@@ -59,11 +59,20 @@ def test_rtk_report_on_a_folder_without_jobs_says_so(rtk, tmp_path):
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(rtk, tmp_path):
     sweep = tmp_path / "sweep"
+    # every log line starts with the id of the process that wrote it: the launcher's and each job's
+    with_pid = "format='pid %(process)d %(message)s'"
     r = rtk("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY_PEPTIDES, "cell=rnn,lstm",
+            f"hydra.job_logging.formatters.simple.{with_pid}", f"hydra.hydra_logging.formatters.simple.{with_pid}",
             f"hydra.sweep.dir={sweep}", timeout=400)
     assert r.returncode == 0, r.explain()
-    assert "Joblib.Parallel" in r.stdout + r.stderr
+    launcher = {line.split()[1] for line in (r.stdout + r.stderr).splitlines()
+                if line.startswith("pid ") and "Joblib.Parallel" in line}
+    assert len(launcher) == 1, r.explain()
     assert sorted(p.parent.name for p in sweep.glob("*/results.json")) == ["0", "1"]
+    jobs = [{line.split()[1] for line in (sweep / job / "train.log").read_text().splitlines()
+             if line.startswith("pid ")} for job in ("0", "1")]
+    assert all(len(pids) == 1 for pids in jobs), jobs
+    assert jobs[0] != jobs[1] and not launcher & (jobs[0] | jobs[1]), (launcher, jobs)
 
 
 def test_optuna_search_optimises_the_validation_metric_the_app_returns(rtk, tmp_path):
