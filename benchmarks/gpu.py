@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import itertools
 import logging
 import os
@@ -58,36 +59,40 @@ INTRO = {
 
 def run_gpu(p: dict, device: str, log=print, after=None) -> tuple[list[Row], list[str]]:
     """Every GPU section on ``device`` ("cuda", or "cpu" for the dry run): rows, and one line per failed
-    section. ``after(rows, failed, section)`` is called when each section ends (to write what is done)."""
+    step. ``after(rows, failed, pending)`` is called when each step ends (to write what is done)."""
     timing.CLOCK = "wall"  # GPU work is not the process's CPU time; each call synchronises
     s = p["shape"]
-    steps = {
-        "layer overhead": lambda: kernels.layer_overhead(s, p["repeats"], p["warmup"], device),
-        "custom cells": lambda: kernels.custom_cells(s, p["repeats"], p["warmup"], device),
-        "long sequences": lambda: kernels.long_sequences(s, p["long"], p["long_repeats"], 1, device),
-        "training": lambda: [row for task in TASKS for row in training(task, p, device)],
-    }
-    rows: list[Row] = []
     failed: list[str] = []
-    for section in SECTIONS:
+    steps = [
+        ("layer overhead", lambda: kernels.layer_overhead(s, p["repeats"], p["warmup"], device)),
+        ("custom cells", lambda: kernels.custom_cells(s, p["repeats"], p["warmup"], device)),
+        ("long sequences", lambda: kernels.long_sequences(s, p["long"], p["long_repeats"], 1, device)),
+        *[(f"training {task}", functools.partial(training, task, p, device, failed)) for task in TASKS],
+    ]
+    rows: list[Row] = []
+    for i, (name, fn) in enumerate(steps):
         start = time.perf_counter()
         try:
-            part = steps[section]()
-        except Exception as e:  # one broken section must not cost the others' numbers
+            part = fn()
+        except Exception as e:  # one broken step must not cost the others' numbers
             traceback.print_exc()
-            first = (str(e).strip().splitlines() or [""])[0][:300]
-            failed.append(f"{section}: {type(e).__name__}: {first}")
-            log(f"\n== {section}: FAILED ({failed[-1]})")
+            failed.append(f"{name}: {short(e)}")
+            log(f"\n== {name}: FAILED ({failed[-1]})")
         else:
-            log(text_table(section, part) + f"\n  ({time.perf_counter() - start:.0f} s)")
+            log(text_table(name, part) + f"\n  ({time.perf_counter() - start:.0f} s)")
             rows += part
         if after is not None:
-            after(rows, failed, section)
+            after(rows, failed, [n for n, _ in steps[i + 1:]])
     return rows, failed
 
 
-def training(task: str, p: dict, device: str) -> list[Row]:
-    """tokens/s of one epoch of ``task`` under each of TRAININGS (on the CPU in the dry run)."""
+def short(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+
+
+def training(task: str, p: dict, device: str, failed: list[str]) -> list[Row]:
+    """tokens/s of one epoch of ``task`` under each of TRAININGS (on the CPU in the dry run). A setting
+    that fails (bf16 on a GPU without it, say) is added to ``failed``; the others still measure."""
     warnings.filterwarnings("ignore", module=r"(pytorch_)?lightning")  # advice on workers, batch counts: noise here
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "pytorch_lightning.accelerators.cuda", "lightning.pytorch.accelerators.cuda",
@@ -106,6 +111,7 @@ def training(task: str, p: dict, device: str) -> list[Row]:
     dm.train_sampler.set_epoch(0)
     tokens = sum(int(b["lengths"].sum()) for b in itertools.islice(dm.train_dataloader(), n_batches))
     peaks: dict[tuple, float] = {}
+    counter = itertools.count()
 
     def epoch(key, cfg, run_dir: Path):
         cfg.trainer.limit_train_batches = n_batches
@@ -123,11 +129,19 @@ def training(task: str, p: dict, device: str) -> list[Row]:
             return seconds
         return run
 
-    counter = itertools.count()
     with tempfile.TemporaryDirectory() as tmp:
-        t = timing.compare({key: epoch(key, cfg, Path(tmp)) for key, cfg in configs.items()},
-                           p["train_repeats"], warmup=1, self_timed=True)
-    cpu_speed = tokens / t[TRAININGS[0]]
+        candidates = {}
+        for key, cfg in configs.items():
+            fn = epoch(key, cfg, Path(tmp))
+            try:
+                fn()  # the warm-up epoch, alone: a setting that cannot train drops out here
+            except Exception as e:
+                traceback.print_exc()
+                failed.append(f"training {task}: trainer={key[0]}, precision {key[1]}: {short(e)}")
+            else:
+                candidates[key] = fn
+        t = timing.compare(candidates, p["train_repeats"], warmup=0, self_timed=True) if candidates else {}
+    cpu_seconds = t.get(TRAININGS[0])
     rows = []
     for (trainer, precision), seconds in t.items():
         where = " (run on the CPU: dry run)" if device == "cpu" and trainer == "gpu" else ""
@@ -135,7 +149,7 @@ def training(task: str, p: dict, device: str) -> list[Row]:
         rows.append(Row("training", f"{task}: trainer={trainer}, precision {precision}{where}",
                         f"{tokens / seconds:,.0f} tok/s ({seconds:.2f} s for {n_batches} batches, {tokens:,} tokens)"
                         + (f"; peak {peak:,.0f} MiB" if peak is not None else ""),
-                        (tokens / seconds) / cpu_speed))
+                        cpu_seconds / seconds if cpu_seconds else float("nan")))
     return rows
 
 
@@ -176,7 +190,7 @@ def cuda_tests(junit: Path | None) -> str | None:
 
 
 def section(rows: list[Row], failed: list[str], device: str, command: str, settings: str,
-            tests: str | None, pending: tuple[str, ...] = ()) -> str:
+            tests: str | None, pending: list[str] = ()) -> str:
     """The Markdown of the GPU block (without its markers)."""
     origin = ("Generated by `bash benchmarks/gpu_check.sh` on a machine with CUDA — do not edit by hand."
               if device == "cuda" else
@@ -224,11 +238,10 @@ def main(quick: bool, out: Path | None, command: str, junit: Path | None = None)
     p = QUICK if quick else FULL
     tests = cuda_tests(junit)
 
-    def write(rows: list[Row], failed: list[str], done: str) -> None:
+    def write(rows: list[Row], failed: list[str], pending: list[str]) -> None:
         if out is None:
             return
         text = out.read_text() if out.exists() else "# Performance\n"
-        pending = SECTIONS[SECTIONS.index(done) + 1:]
         out.write_text(replace_marked(text, section(rows, failed, device, command, settings_text(p, device),
                                                     tests, pending)))
 

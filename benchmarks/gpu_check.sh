@@ -79,12 +79,12 @@ installed() {  # the dry run's check: everything the GPU run would import is the
 }
 export -f missing install installed
 
-prepare() {  # wheels for Python 3.12 on x86-64 Linux, versions as installed here
+prepare() {  # wheels for the GPU machine's Python ($WHEEL_PYTHON, default 3.12) on x86-64 Linux, versions as installed here
     mkdir -p .whl
     local name version
     for name in $WHEELS; do
         version=$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name") || return 1
-        "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "${WHEEL_PYTHON:-3.12}" --implementation cp \
             --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
             -d .whl "$name==$version" 2>/dev/null \
         || "$PY" -m pip wheel -q --no-deps -w .whl "$name==$version" \

@@ -135,3 +135,25 @@ def test_docs_performance_has_one_gpu_block_that_names_the_script():
     text = (REPO / "docs" / "performance.md").read_text()
     assert text.count(GPU_START) == 1 and text.count(GPU_END) == 1
     assert "bash benchmarks/gpu_check.sh" in marked_block(text)
+
+
+@pytest.mark.slow  # six short trainings
+def test_a_training_setting_that_fails_is_named_and_the_other_settings_still_measure(monkeypatch):
+    """bf16-mixed failing on some GPU must not cost the float32 and CPU figures of the same task."""
+    from benchmarks import pipeline
+
+    epoch = pipeline.lightning_epoch
+
+    def no_bf16(cfg, *args, **kwargs):
+        if cfg.trainer.precision == "bf16-mixed":
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+        return epoch(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "lightning_epoch", no_bf16)
+    failed: list[str] = []
+    rows = gpu.training("ner", gpu.QUICK, "cpu", failed)
+    assert failed == ["training ner: trainer=gpu, precision bf16-mixed: RuntimeError: cuDNN error: "
+                      "CUDNN_STATUS_NOT_SUPPORTED"]
+    assert [r.case.split(" (")[0] for r in rows] == ["ner: trainer=cpu, precision 32-true",
+                                                     "ner: trainer=gpu, precision 32-true"]
+    assert rows[0].value == 1.0 and "tok/s" in rows[1].measured
