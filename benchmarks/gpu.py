@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 import traceback
@@ -31,6 +32,7 @@ import torch
 
 from benchmarks import kernels, pipeline, timing
 from benchmarks.report import Row, replace_marked
+from toolkit.layers import Recurrent
 
 FULL = {"shape": kernels.Shape(), "repeats": 7, "warmup": 2, "long": [1024, 4096, 16384], "long_repeats": 3,
         "train_batches": 100, "train_repeats": 2, "overrides": []}
@@ -38,12 +40,15 @@ QUICK = {"shape": kernels.Shape(T=6, B=3, I=8, H=8), "repeats": 1, "warmup": 0, 
          "long_repeats": 1, "train_batches": 2, "train_repeats": 1,
          "overrides": ["hidden_size=8", "model.embedding_dim=8"]}
 
-SECTIONS = ("layer overhead", "custom cells", "long sequences", "training")
+SECTIONS = ("numerics", "layer overhead", "custom cells", "long sequences", "training")
 TASKS = ("ner", "word_lm")
 # (trainer config, precision): the CPU reference first, then the two GPU precisions of the issue.
 TRAININGS = (("cpu", "32-true"), ("gpu", "32-true"), ("gpu", "bf16-mixed"))
 
 INTRO = {
+    "numerics": "How far the fused path (`backend=native`) is from `loop` at the size of the tables, forward, "
+                "with TF32 as torch sets it by default and with TF32 off (`pytest -m cuda` holds every backend "
+                "to 1e-5 with it off). Ratio = largest difference / 1e-5.",
     "layer overhead": "`Recurrent(backend=auto)` (the `native` path: cuDNN) over the bare `nn.LSTM` / `nn.GRU` / "
                       "`nn.RNN` with the same weights, as in the CPU table above. Ratio = toolkit / torch.",
     "custom cells": "Cells with no fused kernel, as `backend=auto` runs them, over cuDNN's `nn.LSTM` of the same "
@@ -60,10 +65,18 @@ INTRO = {
 def run_gpu(p: dict, device: str, log=print, after=None) -> tuple[list[Row], list[str]]:
     """Every GPU section on ``device`` ("cuda", or "cpu" for the dry run): rows, and one line per failed
     step. ``after(rows, failed, pending)`` is called when each step ends (to write what is done)."""
-    timing.CLOCK = "wall"  # GPU work is not the process's CPU time; each call synchronises
+    clock, timing.CLOCK = timing.CLOCK, "wall"  # GPU work is not the process's CPU time; each call synchronises
+    try:
+        return _run_steps(p, device, log, after)
+    finally:
+        timing.CLOCK = clock
+
+
+def _run_steps(p: dict, device: str, log, after) -> tuple[list[Row], list[str]]:
     s = p["shape"]
     failed: list[str] = []
     steps = [
+        ("numerics", lambda: numerics(s, device)),
         ("layer overhead", lambda: kernels.layer_overhead(s, p["repeats"], p["warmup"], device)),
         ("custom cells", lambda: kernels.custom_cells(s, p["repeats"], p["warmup"], device)),
         ("long sequences", lambda: kernels.long_sequences(s, p["long"], p["long_repeats"], 1, device)),
@@ -84,6 +97,33 @@ def run_gpu(p: dict, device: str, log=print, after=None) -> tuple[list[Row], lis
         if after is not None:
             after(rows, failed, [n for n, _ in steps[i + 1:]])
     return rows, failed
+
+
+def numerics(s: kernels.Shape, device: str) -> list[Row]:
+    """max |native - loop| of each fused cell's output, with torch's TF32 defaults and with TF32 off."""
+    x, lengths = kernels.inputs(s, device=device)
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    rows = []
+    for cell in ("lstm", "gru", "rnn"):
+        torch.manual_seed(0)
+        native = Recurrent(cell, s.I, s.H, backend="native").to(device)
+        loop = Recurrent(cell, s.I, s.H, backend="loop").to(device)
+        loop.load_state_dict(native.state_dict())
+        for tf32_off in (False, True):
+            old = [f.allow_tf32 for f in flags]
+            if tf32_off:
+                for f in flags:
+                    f.allow_tf32 = False
+            state = ", ".join(f"{n} TF32 {'on' if f.allow_tf32 else 'off'}" for n, f in zip(("cuDNN", "matmul"), flags))
+            try:
+                with torch.no_grad():
+                    diff = (native(x, lengths)[0] - loop(x, lengths)[0]).abs().max().item()
+            finally:
+                for f, v in zip(flags, old):
+                    f.allow_tf32 = v
+            rows.append(Row("numerics", f"{cell}: native vs loop, {'TF32 off' if tf32_off else 'torch defaults'}",
+                            f"largest difference {diff:.1e} ({state})", diff / 1e-5, target=("<=", 1.0)))
+    return rows
 
 
 def short(e: Exception) -> str:
@@ -233,7 +273,8 @@ def main(quick: bool, out: Path | None, command: str, junit: Path | None = None)
         device = "cpu"
     else:
         print(f"error: python -m benchmarks --gpu needs a CUDA device and torch {torch.__version__} sees none "
-              "(torch.cuda.is_available() is False); --gpu --quick runs the same steps on the CPU at tiny size")
+              "(torch.cuda.is_available() is False); --gpu --quick runs the same steps on the CPU at tiny size",
+              file=sys.stderr)
         return 2
     p = QUICK if quick else FULL
     tests = cuda_tests(junit)

@@ -65,8 +65,10 @@ def randn(*shape: int, seed: int, device: str) -> torch.Tensor:
 
 
 def layer(name: str, hparams: dict, backend: str, device: str) -> Recurrent:
+    """Two layers, bidirectional, no dropout. In train mode: cuDNN's RNN has no backward for a
+    forward run in eval mode (torch raises), and without dropout the mode changes no number."""
     torch.manual_seed(0)
-    return Recurrent(name, I, H, num_layers=2, bidirectional=True, backend=backend, **hparams).to(device).eval()
+    return Recurrent(name, I, H, num_layers=2, bidirectional=True, backend=backend, **hparams).to(device).train()
 
 
 def run_with_grads(net: Recurrent, lengths: torch.Tensor | None, device: str) -> dict[str, torch.Tensor]:
