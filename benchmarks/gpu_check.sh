@@ -9,7 +9,8 @@
 #
 # PYTHON picks the interpreter (default python3, the one that holds the CUDA build of torch);
 # logs, the JUnit file of the tests and a copy of docs/performance.md go to $OUT (default: a
-# new temporary folder). docs/performance.md explains how the check is run through the device tool.
+# new temporary folder). On a GPU machine without a package index, run --prepare first where
+# pip works and bring the checkout over with its .whl/ folder: the install then takes from it.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -100,8 +101,10 @@ dry_run() {
     cp docs/performance.md "$copy"
     step script 10 bash -n benchmarks/gpu_check.sh
     step install-check 60 bash -c installed
-    step cuda-tests-on-cpu 400 env RTK_CUDA_TESTS_ON_CPU=1 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py
-    step benchmarks-on-cpu 300 "$PY" -m benchmarks --gpu --quick --threads 1 --out "$copy"
+    # CUDA hidden: a dry run is on the CPU wherever it runs
+    step cuda-tests-on-cpu 400 env CUDA_VISIBLE_DEVICES= RTK_CUDA_TESTS_ON_CPU=1 \
+        "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py
+    step benchmarks-on-cpu 300 env CUDA_VISIBLE_DEVICES= "$PY" -m benchmarks --gpu --quick --threads 1 --out "$copy"
     grep -q "gpu-check: end" "$copy" || { echo "  the GPU section was not written into a copy of docs/performance.md"; failed=1; }
     if [ $failed -eq 0 ]; then
         echo "dry run passed in $((SECONDS - START)) s: the script is sound; run it on a machine with CUDA to measure"
@@ -128,10 +131,11 @@ case "${1:-}" in
     --prepare) prepare; exit $? ;;
     --dry-run) dry_run; exit $? ;;
     "") ;;
-    *) echo "error: unknown option '$1'; use --dry-run, --prepare or nothing (see the top of $0)"; exit 2 ;;
+    *) echo "error: unknown option '$1'; use --dry-run, --prepare or nothing (see the top of $0)" >&2; exit 2 ;;
 esac
-if ! cuda=$("$PY" -c "import torch; print(torch.cuda.is_available(), torch.__version__)" 2>&1); then
-    echo "error: $PY cannot import torch: ${cuda##*$'\n'}"
+if ! cuda=$("$PY" -c "import torch; print(torch.cuda.is_available(), torch.__version__)" 2>"$OUT_DIR/torch.err"); then
+    why=$(tail -1 "$OUT_DIR/torch.err")
+    echo "error: $PY cannot import torch${why:+ ($why)}; set PYTHON to the interpreter that has it" >&2
     exit 1
 fi
 if [ "${cuda%% *}" != True ]; then

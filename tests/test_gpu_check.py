@@ -51,9 +51,15 @@ def test_without_cuda_the_script_says_so_in_one_line_dry_runs_and_exits_0(tmp_pa
 def test_the_script_is_valid_bash_and_refuses_an_unknown_option(tmp_path):
     assert run_cmd(["bash", "-n", str(SCRIPT)]).returncode == 0
     r = run_cmd(["bash", str(SCRIPT), "--measure-everything"], cwd=tmp_path, env=NO_GPU)
-    assert r.returncode == 2
-    assert r.stdout.startswith("error: unknown option '--measure-everything'; use --dry-run, --prepare or nothing")
-    assert len(r.stdout.strip().splitlines()) == 1
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: unknown option '--measure-everything'; use --dry-run, --prepare or nothing")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_python_without_torch_is_named_in_one_line(tmp_path):
+    r = run_cmd(["bash", str(SCRIPT)], cwd=tmp_path, env={"PYTHON": "/bin/false", "OUT": str(tmp_path)})
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("error: /bin/false cannot import torch") and len(r.stderr.splitlines()) == 1
 
 
 @pytest.mark.slow  # a pytest run inside the test
