@@ -1,4 +1,9 @@
-"""Layer-level benchmarks: the toolkit's Recurrent vs bare torch modules and vs a big matmul."""
+"""Layer-level benchmarks: the toolkit's Recurrent vs bare torch modules and vs a big matmul.
+
+Every function runs on the CPU by default; ``device="cuda"`` runs the same comparison on
+a GPU (``benchmarks/gpu.py``): each call then waits for its kernels to finish, and the
+measured text adds each candidate's peak CUDA memory (``timing.peak_mib``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from benchmarks.report import Row
-from benchmarks.timing import compare
+from benchmarks.timing import compare, peak_mib
 from toolkit.layers import Recurrent
 
 TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -48,50 +53,68 @@ def run_layer(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
 
 
 def step(fn, module: nn.Module, x: Tensor, lengths: Tensor | None, train: bool):
-    """One forward (+ backward when ``train``) as a zero-argument callable."""
+    """One forward (+ backward when ``train``) as a zero-argument callable.
+
+    On CUDA it waits for the kernels it launched, so a wall clock times the work, not the launch."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
     def train_step():
         module.zero_grad(set_to_none=True)
         x.grad = None
         fn(module, x, lengths).sum().backward()
+        sync()
 
     @torch.no_grad()
     def infer_step():
         fn(module, x, lengths)
+        sync()
 
     return train_step if train else infer_step
 
 
-def inputs(s: Shape, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """x (B, T, I) and variable lengths in 1..T (one of them T, as a collated batch has)."""
+def inputs(s: Shape, seed: int = 0, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """x (B, T, I) on ``device`` and variable lengths in 1..T (one of them T, as a collated batch
+    has) on the CPU, where packing wants them. Drawn on the CPU: the same numbers on every device."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(s.B, s.T, s.I, generator=g).requires_grad_()
+    x = torch.randn(s.B, s.T, s.I, generator=g).to(device).requires_grad_()
     lengths = torch.randint(1, s.T + 1, (s.B,), generator=g)
     lengths[0] = s.T
     return x, lengths
 
 
-def layer_overhead(s: Shape, repeats: int, warmup: int) -> list[Row]:
-    x, var = inputs(s)
+def with_peaks(measured: str, candidates: dict, names: dict[str, str]) -> str:
+    """``measured`` plus each candidate's peak CUDA memory, when the candidates run on CUDA."""
+    peaks = peak_mib(candidates)
+    if not peaks:
+        return measured
+    return measured + "; peak " + " vs ".join(f"{names[k]} {peaks[k]:,.1f}" for k in names) + " MiB"
+
+
+def layer_overhead(s: Shape, repeats: int, warmup: int, device: str = "cpu") -> list[Row]:
+    x, var = inputs(s, device=device)
     rows = []
     for cell in ("lstm", "gru", "rnn"):
         for bi in (False, True):
             for layers in (1, 2):
                 torch.manual_seed(0)
-                layer = Recurrent(cell, s.I, s.H, num_layers=layers, bidirectional=bi, backend="auto")
-                ref = torch_twin(layer)
+                layer = Recurrent(cell, s.I, s.H, num_layers=layers, bidirectional=bi, backend="auto").to(device)
+                ref = torch_twin(layer).to(device)
                 for lengths in (None, var):
                     with torch.no_grad():  # the comparison is only meaningful if they agree
                         a, b = run_layer(layer, x, lengths), run_torch(ref, x, lengths)
                         assert torch.allclose(a, b, atol=1e-5), f"{cell}: Recurrent and nn.{cell.upper()} disagree"
                     for train in (True, False):
                         layer.train(train), ref.train(train)
-                        t = compare({"toolkit": step(run_layer, layer, x, lengths, train),
-                                     "torch": step(run_torch, ref, x, lengths, train)}, repeats, warmup)
+                        candidates = {"toolkit": step(run_layer, layer, x, lengths, train),
+                                      "torch": step(run_torch, ref, x, lengths, train)}
+                        t = compare(candidates, repeats, warmup)
                         case = (f"{cell} {'bi' if bi else 'uni'} L{layers} "
                                 f"{'fixed' if lengths is None else 'variable'}, {'fwd+bwd' if train else 'inference'}")
+                        torch_name = f"nn.{ref.__class__.__name__}"
+                        measured = (f"{t['toolkit'] * 1e3:.1f} ms ({layer.backend}) vs {torch_name} "
+                                    f"{t['torch'] * 1e3:.1f} ms")
                         rows.append(Row("layer overhead", case,
-                                        f"{t['toolkit'] * 1e3:.1f} ms ({layer.backend}) vs nn.{ref.__class__.__name__} "
-                                        f"{t['torch'] * 1e3:.1f} ms",
+                                        with_peaks(measured, candidates, {"toolkit": "toolkit", "torch": torch_name}),
                                         t["toolkit"] / t["torch"], target=("<=", 1.05)))
     return rows
 
@@ -100,11 +123,12 @@ CUSTOM_CELLS = {"peephole_lstm": {}, "gru reset=before": {"reset": "before"}, "l
 CUSTOM_TARGETS = {True: ("<=", 1.5), False: ("<=", 1.3)}  # fwd+bwd, inference
 
 
-def custom_cells(s: Shape, repeats: int, warmup: int) -> list[Row]:
-    x, _ = inputs(s)
+def custom_cells(s: Shape, repeats: int, warmup: int, device: str = "cpu") -> list[Row]:
+    x, _ = inputs(s, device=device)
     torch.manual_seed(0)
-    ref = nn.LSTM(s.I, s.H, batch_first=True)
-    layers = {name: Recurrent(name.split()[0], s.I, s.H, backend="auto", **hp) for name, hp in CUSTOM_CELLS.items()}
+    ref = nn.LSTM(s.I, s.H, batch_first=True).to(device)
+    layers = {name: Recurrent(name.split()[0], s.I, s.H, backend="auto", **hp).to(device)
+              for name, hp in CUSTOM_CELLS.items()}
     rows = []
     for train in (True, False):
         for m in (ref, *layers.values()):
@@ -113,8 +137,10 @@ def custom_cells(s: Shape, repeats: int, warmup: int) -> list[Row]:
         candidates.update({name: step(run_layer, layer, x, None, train) for name, layer in layers.items()})
         t = compare(candidates, repeats, warmup)
         for name, layer in layers.items():
+            measured = f"{t[name] * 1e3:.1f} ms ({layer.backend}) vs nn.LSTM {t['nn.LSTM'] * 1e3:.1f} ms"
+            pair = {name: candidates[name], "nn.LSTM": candidates["nn.LSTM"]}
             rows.append(Row("custom cells", f"{name}, {'fwd+bwd' if train else 'inference'}",
-                            f"{t[name] * 1e3:.1f} ms ({layer.backend}) vs nn.LSTM {t['nn.LSTM'] * 1e3:.1f} ms",
+                            with_peaks(measured, pair, {name: name, "nn.LSTM": "nn.LSTM"}),
                             t[name] / t["nn.LSTM"], target=CUSTOM_TARGETS[train]))
     return rows
 
@@ -139,18 +165,20 @@ def throughput(s: Shape, matmul_n: int, repeats: int, warmup: int) -> list[Row]:
     return rows
 
 
-def long_sequences(s: Shape, lengths: list[int], repeats: int, warmup: int) -> list[Row]:
+def long_sequences(s: Shape, lengths: list[int], repeats: int, warmup: int, device: str = "cpu") -> list[Row]:
     torch.manual_seed(0)
-    mingru = Recurrent("mingru", s.I, s.H, backend="sequence")
-    gru = nn.GRU(s.I, s.H, batch_first=True)
+    mingru = Recurrent("mingru", s.I, s.H, backend="sequence").to(device)
+    gru = nn.GRU(s.I, s.H, batch_first=True).to(device)
     rows = []
     for T in lengths:
-        x = torch.randn(s.B, T, s.I).requires_grad_()
+        x = torch.randn(s.B, T, s.I).to(device).requires_grad_()
         for train in (True, False):
             mingru.train(train), gru.train(train)
-            t = compare({"mingru": step(run_layer, mingru, x, None, train),
-                         "gru": step(run_torch, gru, x, None, train)}, repeats, warmup)
+            candidates = {"mingru": step(run_layer, mingru, x, None, train),
+                          "gru": step(run_torch, gru, x, None, train)}
+            t = compare(candidates, repeats, warmup)
+            measured = f"minGRU scan {t['mingru'] * 1e3:.1f} ms vs nn.GRU {t['gru'] * 1e3:.1f} ms"
             rows.append(Row("long sequences", f"T={T}, {'fwd+bwd' if train else 'inference'}",
-                            f"minGRU scan {t['mingru'] * 1e3:.1f} ms vs nn.GRU {t['gru'] * 1e3:.1f} ms",
+                            with_peaks(measured, candidates, {"mingru": "minGRU", "gru": "nn.GRU"}),
                             t["mingru"] / t["gru"]))
     return rows

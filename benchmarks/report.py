@@ -130,6 +130,29 @@ def markdown(rows: list[Row], command: str, settings: str) -> str:
     return "\n".join(lines)
 
 
+# The GPU section (benchmarks/gpu.py) lives between these markers at the end of the
+# report; a CPU run keeps it, a GPU run replaces it, neither touches the other's part.
+GPU_START = "<!-- gpu-check: start (written by benchmarks/gpu_check.sh; a rerun replaces it up to the end marker) -->"
+GPU_END = "<!-- gpu-check: end -->"
+
+
+def marked_block(text: str) -> str | None:
+    """The GPU block of a report, markers included, or None when it has none."""
+    start, end = text.find(GPU_START), text.find(GPU_END)
+    if start < 0 or end < start:
+        return None
+    return text[start:end + len(GPU_END)]
+
+
+def replace_marked(text: str, body: str) -> str:
+    """``text`` with its GPU block's body replaced by ``body`` (the block is appended when missing)."""
+    block = f"{GPU_START}\n{body.strip()}\n{GPU_END}"
+    old = marked_block(text)
+    if old is None:
+        return text.rstrip("\n") + "\n\n" + block + "\n"
+    return text.replace(old, block)
+
+
 SHORT = {"layer overhead": "layer", "custom cells": "cell", "throughput vs the machine": "GFLOP/s",
          "end to end": "e2e", "padding": "padding", "long sequences": "long"}
 

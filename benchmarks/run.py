@@ -1,6 +1,7 @@
 """Run the suite, print the table, write docs/performance.md and docs/performance.png.
 
     python -m benchmarks [--quick] [--out docs/performance.md] [--only SECTION ...]
+    python -m benchmarks --gpu [--quick] [--out docs/performance.md]     (benchmarks/gpu.py)
 
 The full suite takes ~10 minutes on 2 CPU cores; ``--quick`` runs every section at
 tiny sizes with one repeat (seconds; the numbers mean nothing) and writes only
@@ -22,7 +23,7 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the named sources are packages; never the hub
 
 from benchmarks import kernels, pipeline, timing  # noqa: E402
-from benchmarks.report import SECTIONS, Row, markdown, plot, table  # noqa: E402
+from benchmarks.report import SECTIONS, Row, marked_block, markdown, plot, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,11 @@ def run_suite(p: dict, only: list[str] | None = None, log=print) -> list[Row]:
 
 def write(rows: list[Row], out: Path, command: str, settings: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(rows, command, settings) + "\n")
+    text = markdown(rows, command, settings) + "\n"
+    gpu = marked_block(out.read_text()) if out.exists() else None
+    if gpu is not None:  # the GPU section is measured elsewhere (benchmarks/gpu_check.sh): keep it
+        text += "\n" + gpu + "\n"
+    out.write_text(text)
     plot(rows, out.with_suffix(".png"))
 
 
@@ -85,11 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=sorted(timing.CLOCKS), default=timing.CLOCK,
                         help="time each repeat by process CPU time (cpu, default: robust on a shared "
                              "machine) or by wall clock (wall)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU suite instead (benchmarks/gpu.py): needs CUDA, or --quick for a dry run on the CPU")
+    parser.add_argument("--cuda-tests", type=Path, default=None, metavar="JUNIT_XML",
+                        help="with --gpu: the `pytest -m cuda` JUnit file whose counts the GPU section reports")
     args = parser.parse_args(argv)
     timing.CLOCK = args.clock
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("toolkit").setLevel(logging.WARNING)
+    command = "python -m benchmarks" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    if args.gpu:
+        if args.only:
+            parser.error("--only picks sections of the CPU suite; --gpu runs every GPU section")
+        from benchmarks import gpu
+
+        out = args.out if args.out is not None or args.quick else REPO / "docs" / "performance.md"
+        return gpu.main(args.quick, out, command, args.cuda_tests)
     p = QUICK if args.quick else FULL
     out = args.out if args.out is not None or args.quick else REPO / "docs" / "performance.md"
     start = time.perf_counter()
@@ -98,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s; "
           f"{sum(r.status == 'met' for r in rows)} targets met, {len(missed)} missed")
     if out is not None:
-        command = "python -m benchmarks" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
         write(rows, out, command, settings_text(p))
         print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -37,3 +37,24 @@ def compare(candidates: dict[str, Callable[[], object]], repeats: int, warmup: i
             seconds = fn()
             times[name].append(seconds if self_timed else clock() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_mib(candidates: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Peak CUDA memory (MiB) of one call of each candidate, above what was allocated just
+    before it (the weights, the inputs, the other candidates' leftovers), read from
+    ``torch.cuda.max_memory_allocated``: the memory the call itself needs. Empty when CUDA
+    is not in use, so CPU runs stay as they were."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    peaks = {}
+    for name, fn in candidates.items():
+        fn()  # leaves this candidate's own leftovers (its gradients) in the baseline, as in the timed calls
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peaks[name] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    return peaks
