@@ -32,10 +32,12 @@ def _data(root: Path) -> dict[str, list[str]]:
         f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} film,{'good' if i % 2 else 'bad'}\n" for i in range(40)))
     (root / "corpus.txt").write_text("".join(f"{WORDS[i % 10]} {WORDS[(i * 7) % 10]} {WORDS[(i + 1) % 10]}\n"
                                              for i in range(80)))
-    (root / "pairs.csv").write_text("source,target\n" + "".join(f"{w}{i},{' '.join(w[:3].upper())}\n"
-                                                               for i in range(4) for w in WORDS))
+    (root / "pairs.csv").write_text("source,target\n" + "".join(
+        f"{w}{i},{' '.join('XYZ'[ord(c) % 3] for c in w[:4])}\n" for i in range(4) for w in WORDS))
+    cache = str(root / "hf-cache")
     small = ["hidden_size=8", "model.embedding_dim=8", "data.batch_size=4", "data.eval_batch_size=2"]
     return {
+        "cache": cache,
         "tagging": ["task=tagging", f"data.train_file={root / 'tags.conll'}", f"data.test_file={root / 'tags.conll'}",
                     "model.char_dim=4", "model.char_filters=4", "model.shape_dim=4", *small],
         "classification": ["task=classification", f"data.train_file={root / 'table.csv'}",
@@ -109,13 +111,14 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture
-def train_app(monkeypatch, capsys, tmp_path):
+def train_app(monkeypatch, capsys, tmp_path, data):
     """``train_app(*overrides)`` -> (exit status, stdout, stderr, run dir) of the train app, in this process."""
     import datasets
 
     from toolkit.train import run
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    # one cache for the module's data files: each is read into a dataset once, not once per cell
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", data["cache"])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("RTK_DEBUG", raising=False)
 
