@@ -142,7 +142,7 @@ def interrupt_and_resume(tmp_path, run: list[str], signal_at: str):
     at_signal = load(last)
     assert (at_signal["global_step"], at_signal["epoch"]) == (int(step), int(epoch))
 
-    resumed = run_cmd([RTK, *shlex.split(command)[2:]], cwd=tmp_path)  # the very command the line gave
+    resumed = run_cmd([RTK, *shlex.split(command)[1:]], cwd=tmp_path)  # the very command the line gave
     assert resumed.returncode == 0, resumed.explain()
     assert f"resumed  from {last}" in resumed.stdout
     return (int(step), int(epoch)), at_signal, load(last)
@@ -171,7 +171,7 @@ def test_interrupted_truncated_bptt_run_resumes_mid_stream_bit_identically(tmp_p
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"the cat number {i % 7} sat on mat {i % 5}\n" for i in range(200)))
     run = ["task=lm", f"data.train_file={corpus}", "model.tbptt_steps=5", "trainer.gradient_clip_val=null",
-           "model.clip_grad_norm=1.0", "hidden_size=16", "model.embedding_dim=16", "data.batch_size=4",
+           "model.clip_grad_norm=1.0", "hidden_size=16", "model.embedding_dim=16", "data.batch_size=4", "data.eval_batch_size=4",
            "trainer.max_epochs=2", "patience=null", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2",
            "model.samples=1"]
     a = run_cmd([*module, *run, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
