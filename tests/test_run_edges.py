@@ -193,3 +193,19 @@ def test_resuming_says_nothing_about_the_checkpoint_folder_being_in_use(tmp_path
     assert "training 2 epochs" in again.stdout
     assert "exists and is not empty" not in again.stderr + again.stdout, again.explain()
     assert "Traceback" not in again.stderr
+
+
+# ----------------------------------------------------------------------------- batch counts that do not fit the data
+@pytest.mark.parametrize("override, sentence", [
+    ("trainer.limit_val_batches=0.1", "trainer.limit_val_batches=0.1 of the validation split's 2 batches is less than "
+                                      "one batch; give a larger fraction or a number of batches"),
+    ("trainer.val_check_interval=50", "trainer.val_check_interval=50 is more than the 2 training batches of an epoch; "
+                                      "give at most that many, or a fraction of an epoch"),
+])
+def test_batch_counts_that_do_not_fit_the_data_are_one_sentence(app, tmp_path, override, sentence):
+    table = tmp_path / "train.csv"
+    table.write_text("text,label\n" + "a witty film,good\na dull mess,bad\n" * 20)  # 4 validation rows
+    code, out, err = app("task=classification", f"data.train_file={table}", "data.eval_batch_size=2", *TINY,
+                         override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert (code, _one_line(err)) == (2, f"error: {sentence}")
+    assert not (tmp_path / "run").exists()
