@@ -147,7 +147,8 @@ class LastCheckpoint(ModelCheckpoint):
                            batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         done = batch_idx + 1
-        validation_next = trainer.val_check_batch != float("inf") and done % int(trainer.val_check_batch) == 0
+        every = trainer.val_check_batch
+        validation_next = isinstance(every, (int, float)) and every != float("inf") and done % int(every) == 0
         if done % trainer.accumulate_grad_batches or done >= trainer.num_training_batches or validation_next:
             return  # mid-accumulation, or validation / the epoch's end comes first: stop after it
         self._stop_if_signalled(trainer)

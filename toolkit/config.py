@@ -203,7 +203,7 @@ def check_environment(cfg: DictConfig) -> None:
         cpu = "trainer=ddp_cpu" if str(cfg.trainer.get("strategy", "auto")).startswith("ddp") else "trainer=cpu"
         errors.append(f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this machine "
                       f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); use {cpu}")
-    elif accelerator == "cpu" and precision in ("16", "16-mixed"):
+    elif precision in ("16", "16-mixed") and (accelerator == "cpu" or not torch.cuda.is_available()):
         # Lightning would silently train in bf16 instead
         errors.append(f"trainer.precision={precision}: float16 mixed precision needs a CUDA GPU; on CPU use "
                       "trainer.precision=bf16-mixed (or 32)")

@@ -1,8 +1,10 @@
 """The Hydra app: ``rtk train …`` and ``python -m toolkit.train …`` are the same app.
 
 A straight chain: check the config, build data, model, callbacks, loggers and
-trainer, fit, test the best checkpoint, print the summary, and return the
-monitored validation metric (what a sweeper optimises).
+trainer, fit, test the best checkpoint (the final weights when no validation
+ran), print the summary, and return the monitored validation metric (what a
+sweeper optimises). A bad input ends in one ``error: …`` sentence (exit 2); Ctrl-C
+or SIGTERM in one line with the command that resumes (exit 130 / 143).
 """
 
 from __future__ import annotations
