@@ -15,9 +15,21 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from benchmarks.report import Row
 from benchmarks.timing import compare, peak_mib
+from toolkit.cells import available_cells
 from toolkit.layers import Recurrent
 
 TORCH_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+# cells from the repository's plugin packages that some rows measure: cell -> (section, its plugin)
+PLUGIN_CELLS = {"layernorm_lstm": ("custom cells", "rtk-layernorm-lstm"), "mingru": ("long sequences", "rtk-mingru")}
+
+
+def missing_plugins(section: str) -> list[str]:
+    """One note per row group of ``section`` skipped because its cell's plugin is not installed."""
+    have = set(available_cells())
+    return [f"note: skipped the {section} rows of cell '{cell}': its plugin {plugin} is not installed "
+            f"(pip install -e plugins/{plugin})"
+            for cell, (where, plugin) in PLUGIN_CELLS.items() if where == section and cell not in have]
 
 
 @dataclass
@@ -127,8 +139,9 @@ def custom_cells(s: Shape, repeats: int, warmup: int, device: str = "cpu") -> li
     x, _ = inputs(s, device=device)
     torch.manual_seed(0)
     ref = nn.LSTM(s.I, s.H, batch_first=True).to(device)
+    have = set(available_cells())
     layers = {name: Recurrent(name.split()[0], s.I, s.H, backend="auto", **hp).to(device)
-              for name, hp in CUSTOM_CELLS.items()}
+              for name, hp in CUSTOM_CELLS.items() if name.split()[0] in have}
     rows = []
     for train in (True, False):
         for m in (ref, *layers.values()):
@@ -166,6 +179,8 @@ def throughput(s: Shape, matmul_n: int, repeats: int, warmup: int) -> list[Row]:
 
 
 def long_sequences(s: Shape, lengths: list[int], repeats: int, warmup: int, device: str = "cpu") -> list[Row]:
+    if "mingru" not in available_cells():
+        return []  # run_suite says why
     torch.manual_seed(0)
     mingru = Recurrent("mingru", s.I, s.H, backend="sequence").to(device)
     gru = nn.GRU(s.I, s.H, batch_first=True).to(device)

@@ -60,6 +60,8 @@ def run_suite(p: dict, only: list[str] | None = None, log=print) -> list[Row]:
         if only and section not in only:
             continue
         start = time.perf_counter()
+        for note in kernels.missing_plugins(section):
+            log(note)
         part = steps[section]()
         log(table(part) + f"\n  ({time.perf_counter() - start:.0f} s)")
         rows += part

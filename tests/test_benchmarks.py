@@ -58,3 +58,20 @@ def test_command_line_help_names_the_sections(capsys):
         run.main(["--help"])
     assert exit_.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_rows_whose_plugin_is_missing_are_skipped_with_a_one_line_note(monkeypatch):
+    from benchmarks import kernels
+
+    from toolkit.cells import available_cells
+
+    installed = available_cells()
+    monkeypatch.setattr(kernels, "available_cells", lambda: [c for c in installed if c not in ("mingru", "layernorm_lstm")])
+    said: list[str] = []
+    rows = run.run_suite(run.QUICK, only=["custom cells", "long sequences"], log=said.append)
+    assert "note: skipped the custom cells rows of cell 'layernorm_lstm': its plugin rtk-layernorm-lstm is not " \
+           "installed (pip install -e plugins/rtk-layernorm-lstm)" in said
+    assert "note: skipped the long sequences rows of cell 'mingru': its plugin rtk-mingru is not installed " \
+           "(pip install -e plugins/rtk-mingru)" in said
+    assert {r.section for r in rows} == {"custom cells"}  # the built-in custom cells still run
+    assert not any("layernorm_lstm" in r.case for r in rows)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import math
 import os
+import signal
 import uuid
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from toolkit.errors import CheckpointError, NumericError
+from toolkit.errors import CheckpointError, Interrupted, NumericError
 
 
 class Reproducible(pl.Callback):
@@ -78,6 +80,87 @@ class NonFinite(pl.Callback):
             if not math.isfinite(norm) and not torch.isfinite(grad).all():
                 raise NumericError(f"the gradient of {name} became {_nonfinite_name(grad)} at "
                                    f"{self.where(trainer)}; lower model.lr or {_clip_hint(pl_module)}")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` after every epoch, and where SIGINT (Ctrl-C) or SIGTERM stops training.
+
+    During training a signal only raises a flag, so the step in progress finishes. The run
+    then stops at the next point a checkpoint resumes from exactly: after a training batch
+    that completed an optimizer step with no validation due next, at the end of a
+    validation inside an epoch, or at the end of an epoch. There it writes last.ckpt
+    (atomically, through :class:`AtomicCheckpointIO`) and raises :class:`Interrupted`. A
+    second signal stops at once; the last.ckpt already on disk stays whole. Under DDP the
+    ranks agree on the stop (any rank's signal stops all of them at the same batch).
+
+    A checkpoint callback, so Lightning runs it after the "best" one: an epoch's best.ckpt
+    is written before the run stops at that epoch's end.
+    """
+
+    def __init__(self, dirpath: Path):
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+                         save_on_train_epoch_end=True)  # every epoch, validated or not
+        self.path = Path(dirpath) / "last.ckpt"
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _flag(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.signum = None
+        # installed after Lightning's own SIGTERM handler, which would stop without a checkpoint
+        self._previous = {s: signal.signal(s, self._flag) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @property
+    def state_key(self) -> str:
+        # the key a plain ModelCheckpoint("last") had: checkpoints written before this class resume as before
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._restore_handlers()
+        if self.signum is not None:  # the signal came in the very last step: training is over
+            raise Interrupted(self.signum, trainer.global_step, trainer.current_epoch)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+        super().on_exception(trainer, pl_module, exception)
+
+    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+            return
+        if not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.path, weights_only=False)
+        self._restore_handlers()
+        raise Interrupted(self.signum or signal.SIGTERM, trainer.global_step, trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        done = batch_idx + 1
+        every = trainer.val_check_batch
+        validation_next = isinstance(every, (int, float)) and every != float("inf") and done % int(every) == 0
+        if done % trainer.accumulate_grad_batches or done >= trainer.num_training_batches or validation_next:
+            return  # mid-accumulation, or validation / the epoch's end comes first: stop after it
+        self._stop_if_signalled(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._stop_if_signalled(trainer)
 
 
 def _clip_hint(pl_module: pl.LightningModule) -> str:

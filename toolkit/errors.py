@@ -29,3 +29,15 @@ class CheckpointError(ToolkitError):
 
 class NumericError(ToolkitError):
     """Training produced a loss or gradient that is not a finite number."""
+
+
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM stopped the run.
+
+    A BaseException like KeyboardInterrupt, so no ``except Exception`` on the way swallows it.
+    ``step`` and ``epoch`` say where training stopped when it stopped at a checkpoint it wrote.
+    """
+
+    def __init__(self, signum: int, step: int | None = None, epoch: int | None = None):
+        super().__init__(signum)
+        self.signum, self.step, self.epoch = signum, step, epoch

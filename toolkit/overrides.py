@@ -74,6 +74,9 @@ def _compose_or_explain(lines: list[str]) -> DictConfig:
             cfg = _compose(keep)
             break
         except MissingConfigException as e:
+            plugin = re.search(r"Could not (?:find|load) '([^']+)'", str(e))
+            if plugin and plugin.group(1) in HYDRA_PLUGINS:
+                raise ConfigError(_missing_plugin(plugin.group(1), keep)) from None
             found = re.search(r"Could not find '([^']+)'", str(e))
             if not found or not e.options:
                 raise
@@ -94,6 +97,27 @@ def _compose_or_explain(lines: list[str]) -> DictConfig:
         known = _keys(cfg)
         raise ConfigError("; ".join(_unknown_key(key, known) for key in bad))
     return cfg
+
+
+# Hydra plugins the toolkit's extras install: config path -> (distribution, extra)
+HYDRA_PLUGINS = {
+    "hydra/launcher/joblib": ("hydra-joblib-launcher", "sweeps"),
+    "hydra/sweeper/optuna": ("hydra-optuna-sweeper", "sweeps"),
+    "hydra/launcher/submitit_slurm": ("hydra-submitit-launcher", "slurm"),
+    "hydra/launcher/submitit_local": ("hydra-submitit-launcher", "slurm"),
+}
+
+
+def _missing_plugin(path: str, lines: list[str]) -> str:
+    """The sentence for a group option that only a Hydra plugin (an extra) provides, naming what asked for it."""
+    dist, extra = HYDRA_PLUGINS[path]
+    group, _, option = path.rpartition("/")
+    wanted = f"{group}={option}"
+    # hydra/launcher=slurm and hparams_search=optuna reach the plugin's option through our own configs
+    asked = next((line for line in lines if line.partition("=")[0].lstrip("+~") in
+                  ("hydra/launcher", "hydra/sweeper", "hparams_search")), wanted)
+    via = "" if asked == wanted else f" (for {wanted})"
+    return f"{asked} needs the {dist} plugin{via}, which is not installed: pip install 'recurrent-toolkit[{extra}]'"
 
 
 def _run_dir_problem(path: Path) -> str | None:

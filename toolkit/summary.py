@@ -58,7 +58,8 @@ def fmt_duration(seconds: float) -> str:
 def render(*, task: str, cell: str, backend: str, depth: int, direction: str, hidden_size: int,
            params: int, epochs: int, best_epoch: int | None, seconds: float,
            test: dict[str, float] | None, run_dir: Path, files: list[str],
-           showcase: tuple[str, list[str]] | None = None, resumed_from: str | None = None) -> str:
+           showcase: tuple[str, list[str]] | None = None, resumed_from: str | None = None,
+           notes: list[str] | None = None, no_test: str = "(no test split)") -> str:
     """The summary as text (printed and kept as summary.txt)."""
     title = f" Recurrent Toolkit · {task} "
     lines = [f"{title:─^72}",
@@ -69,12 +70,14 @@ def render(*, task: str, cell: str, backend: str, depth: int, direction: str, hi
              + f" · {fmt_duration(seconds)}"]
     if resumed_from:
         lines.append(f"resumed  from {resumed_from}")
+    for note in notes or []:  # e.g. no validation ran, so the test used the final weights
+        lines.append(f"note     {note}")
     if test:
         shown = "  ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in test.items()
                           if not math.isnan(v))
         lines.append(f"test     {shown}")
     else:
-        lines.append("test     (no test split)")
+        lines.append(f"test     {no_test}")
     lines.append(f"run dir  {run_dir}")
     lines.append(f"         {' · '.join(files)}")
     if showcase:  # the head's own closing lines: a prediction on the task's example, samples, …

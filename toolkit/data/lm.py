@@ -17,7 +17,7 @@ Two ways to batch, chosen by ``tbptt_steps``:
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from toolkit.data.modules import _pad, _rank_and_world, _SplitDataModule
 from toolkit.data.text import EOS, PAD, UNK, Vocab, normalize, tokenize
@@ -38,11 +38,21 @@ def collate_lm(items: list[dict]) -> dict:
             "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long)}
 
 
-class _Epoch:
-    """Stands in for a batch sampler where batches have a fixed order (a stream)."""
+class StreamOrder(Sampler[int]):
+    """The chunks of a stream in order; a run resumed mid-epoch starts after the chunks it already took."""
 
-    def set_epoch(self, epoch: int) -> None:
-        pass
+    def __init__(self, n: int):
+        self.n, self.epoch, self.resume_at = n, 0, (0, 0)
+
+    def set_epoch(self, epoch: int) -> None:  # the order never changes; the epoch only matters for resuming
+        self.epoch = epoch
+
+    def __iter__(self):
+        epoch, taken = self.resume_at
+        return iter(range(taken if epoch == self.epoch else 0, self.n))
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class LanguageModelDataModule(_SplitDataModule):
@@ -109,8 +119,8 @@ class LanguageModelDataModule(_SplitDataModule):
             return None
         if self.tbptt_steps is None:
             return super()._loader(split, train)
-        return DataLoader(self.stream_batches(data[0]["stream"], self.batch_size if train else self.eval_batch_size),
-                          batch_size=None)
+        chunks = self.stream_batches(data[0]["stream"], self.batch_size if train else self.eval_batch_size)
+        return DataLoader(chunks, batch_size=None, sampler=StreamOrder(len(chunks)) if train else None)
 
     def stream_batches(self, stream: list[int], rows: int) -> list[dict]:
         """This rank's chunks of ``rows`` parallel rows, ``tbptt_steps`` columns each, in order."""
@@ -132,5 +142,8 @@ class LanguageModelDataModule(_SplitDataModule):
     def train_dataloader(self):
         if self.tbptt_steps is None:
             return super().train_dataloader()
-        self.train_sampler = _Epoch()
-        return self._loader("train", True)
+        loader = self._loader("train", True)
+        self.train_sampler = loader.sampler
+        self.train_sampler.set_epoch(self.start_epoch)
+        self.train_sampler.resume_at = (self.start_epoch, self.start_batch)
+        return loader

@@ -116,6 +116,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
         self.seed, self.bucketing, self.pool, self.epoch = seed, bucketing, pool, 0
+        self.resume_at = (0, 0)  # (epoch, batches already taken): where an interrupted run stopped
         self._cache: tuple | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -149,7 +150,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         return out
 
     def __iter__(self):
-        return iter(self.batches())
+        epoch, taken = self.resume_at
+        # the length stays the epoch's: Lightning counts the batches taken before the checkpoint
+        return iter(self.batches()[taken:] if epoch == self.epoch else self.batches())
 
     def __len__(self) -> int:
         return len(self.batches())
@@ -246,7 +249,8 @@ class _SplitDataModule(pl.LightningDataModule):
         self.given_vocab = vocab  # e.g. a language model's (model.init_from): used instead of building one
         self.labels: Labels | None = None
         self.train_sampler: BucketBatchSampler | None = None
-        self.start_epoch = 0  # set when resuming
+        self.start_epoch = 0  # set when resuming …
+        self.start_batch = 0  # … and, from a mid-epoch checkpoint, the batches of that epoch already taken
         self.raw: dict = {}
 
     def prepare_data(self) -> None:
@@ -299,6 +303,7 @@ class _SplitDataModule(pl.LightningDataModule):
         loader = self._loader("train", True)
         self.train_sampler = loader.batch_sampler  # toolkit.callbacks.Reproducible sets its epoch
         self.train_sampler.set_epoch(self.start_epoch)
+        self.train_sampler.resume_at = (self.start_epoch, self.start_batch)
         return loader
 
     def val_dataloader(self):

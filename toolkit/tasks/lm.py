@@ -135,6 +135,20 @@ class LanguageModelTask(SequenceTask):
     def on_train_epoch_start(self):
         self._carry["train"] = None
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._carry["train"] is not None:  # truncated BPTT: the state the next chunk starts from
+            checkpoint["tbptt_carry"] = list(self._carry["train"])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning skips on_train_epoch_start when it resumes mid-epoch (an interrupted run): the
+        # stream carries on from the saved state; an epoch's first chunk ignores it
+        carry = checkpoint.get("tbptt_carry")
+        self._carry["train"] = None if carry is None else tuple(carry)
+
+    def on_train_start(self):
+        if self._carry["train"] is not None:  # restored before the model moved to its device
+            self._carry["train"] = tuple(t.to(self.device) for t in self._carry["train"])
+
     # ------------------------------------------------------------ text in/out
     @property
     def eos(self) -> int:
