@@ -55,7 +55,7 @@ class CharLSTM(nn.Module):
         return out.view(b, t, -1)
 
 
-CHAR_ENCODERS = {"cnn", "lstm"}
+CHAR_ENCODERS = ("cnn", "lstm")
 DECODERS = ("viterbi", "greedy", "crf")
 
 
@@ -115,7 +115,7 @@ class TaggingTask(SequenceTask):
                          tag_scheme=tag_scheme, **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
         n_chars = len(self.hparams.spec["chars"])
-        self.char_cnn = None
+        self.char_cnn = None  # the character encoder, CNN or BiLSTM (the name keeps checkpoints' keys)
         if char_filters > 0:
             self.char_cnn = (CharCNN(n_chars, char_dim, char_filters, char_kernel) if char_encoder == "cnn"
                              else CharLSTM(n_chars, char_dim, char_filters))
