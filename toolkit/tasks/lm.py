@@ -62,34 +62,37 @@ class LanguageModelTask(SequenceTask):
             self.clip_hint = "set model.clip_grad_norm (truncated BPTT clips inside the model)"
         self.nll = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._carry: dict[str, tuple | None] = {"train": None, "val": None, "test": None}
+        self.activation_penalty: Tensor | float = 0.0  # AR / TAR of the last training forward
 
     # ----------------------------------------------------------------- model
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, state=None) -> tuple[Tensor, tuple]:
-        """(B, T) ids -> (B, T, V) next-token logits and the final state."""
-        logits, state, _ = self._forward(tokens, lengths, state)
-        return logits, state
+        """(B, T) ids -> (B, T, V) next-token logits and the final state.
 
-    def _forward(self, tokens: Tensor, lengths: Tensor | None, state) -> tuple[Tensor, tuple, Tensor]:
-        """Logits, final state and the activation penalty (AR / TAR, 0 when both are off or in eval)."""
+        In training it also leaves the activation penalty of this call in
+        ``self.activation_penalty`` (AR / TAR, Merity et al. 2017; 0 when both are off).
+        """
         x = self.drop(self.embed_tokens(tokens))
         y, state = self.rnn(x, lengths=lengths, state=state)  # (B, T, H), zero at padding
         dropped = self.drop(y)
-        penalty = y.new_zeros(())
         if self.training:
-            # AR: large activations cost; TAR: so do large changes from one step to the next
-            # (Merity et al. 2017). Padded steps are zero in y, so they add nothing to AR.
+            # AR: large activations cost; TAR: so do large changes from one step to the next.
+            # Padded steps are zero in y, so they add nothing to AR.
+            penalty = y.new_zeros(())
             if self.hparams.activation_reg:
                 penalty = penalty + self.hparams.activation_reg * dropped.pow(2).mean()
             if self.hparams.temporal_activation_reg and y.size(1) > 1:
                 penalty = penalty + self.hparams.temporal_activation_reg * (y[:, 1:] - y[:, :-1]).pow(2).mean()
-        return self.out(dropped), state, penalty
+            self.activation_penalty = penalty
+        return self.out(dropped), state
 
-    def _loss(self, batch: dict, stage: str) -> tuple[Tensor, Tensor, int]:
+    def _loss(self, batch: dict, stage: str) -> tuple[Tensor, Tensor | float, int]:
         stream = "first" in batch
         state = None
         if stream and not bool(batch["first"]):
             state = self._carry[stage]
-        logits, state, penalty = self._forward(batch["tokens"], None if stream else batch["lengths"], state)
+        self.activation_penalty = 0.0
+        logits, state = self(batch["tokens"], None if stream else batch["lengths"], state)
+        penalty = self.activation_penalty if self.training else 0.0
         if stream:
             self._carry[stage] = tuple(s.detach() for s in state)  # the next chunk starts here
         targets = batch["targets"]
