@@ -7,6 +7,7 @@ tests start writes into a pytest tmp_path (``hydra.run.dir=…``), never the rep
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -109,3 +110,27 @@ def compose_train(overrides: list[str] | None = None):
 @pytest.fixture
 def compose():
     return compose_train
+
+
+def run_app_in_process(monkeypatch, argv: list[str]) -> int:
+    """``rtk train <argv>`` in this process (the real Hydra app, via ``toolkit.train.run``); its exit status.
+
+    Hydra's job logging binds handlers to the calling test's captured streams, so the
+    handlers the run added are removed again afterwards.
+    """
+    from toolkit.train import run
+
+    monkeypatch.setattr(sys, "argv", ["toolkit.train", *argv])
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in logging.root.manager.loggerDict]
+    before = {lg: list(lg.handlers) for lg in loggers}
+    code = 0
+    try:
+        run()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        for lg in [logging.getLogger()] + [logging.getLogger(n) for n in logging.root.manager.loggerDict]:
+            for h in [h for h in lg.handlers if h not in before.get(lg, [])]:
+                lg.removeHandler(h)
+                h.close()
+    return code

@@ -7,14 +7,11 @@ Each says one sentence (or one line), exits with its own status, and leaves no r
 from __future__ import annotations
 
 import importlib.util
-import logging
-import signal
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cmd
+from conftest import TINY, run_app_in_process, run_cmd
 
 
 def _one_line(err: str, prefix: str = "error: ") -> str:
@@ -29,27 +26,13 @@ def app(monkeypatch, capsys, tmp_path):
     """``app(*argv)`` -> (exit status, stdout, stderr) of the train app run in this process, from tmp_path."""
     import datasets
 
-    from toolkit.train import run
-
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("RTK_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
 
     def call(*argv: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["toolkit.train", *argv])
-        loggers = [logging.getLogger()] + [logging.getLogger(n) for n in logging.root.manager.loggerDict]
-        before = {lg: list(lg.handlers) for lg in loggers}
-        code = 0
-        try:
-            run()
-        except SystemExit as e:
-            code = e.code
-        finally:  # Hydra's job logging binds handlers to this test's captured streams
-            for lg in [logging.getLogger()] + [logging.getLogger(n) for n in logging.root.manager.loggerDict]:
-                for h in [h for h in lg.handlers if h not in before.get(lg, [])]:
-                    lg.removeHandler(h)
-                    h.close()
+        code = run_app_in_process(monkeypatch, list(argv))
         out = capsys.readouterr()
         return code, out.out, out.err
 

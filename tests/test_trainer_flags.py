@@ -9,13 +9,11 @@ written here: tagging (CoNLL), classification (CSV), a language model with trunc
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, run_app_in_process
 
 pytestmark = pytest.mark.slow  # ~70 tiny runs (and 20 refusals): a few minutes on 2 cores
 
@@ -113,8 +111,6 @@ def train_app(monkeypatch, capsys, tmp_path, data):
     """``train_app(*overrides)`` -> (exit status, stdout, stderr, run dir) of the train app, in this process."""
     import datasets
 
-    from toolkit.train import run
-
     # one cache for the module's data files: each is read into a dataset once, not once per cell
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", data["cache"])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -122,20 +118,7 @@ def train_app(monkeypatch, capsys, tmp_path, data):
 
     def call(*overrides: str):
         run_dir = tmp_path / "run"
-        monkeypatch.setattr(sys, "argv", ["toolkit.train", *TINY, "hidden_size=8", *overrides,
-                                          f"hydra.run.dir={run_dir}"])
-        loggers = [logging.getLogger()] + [logging.getLogger(n) for n in logging.root.manager.loggerDict]
-        before = {lg: list(lg.handlers) for lg in loggers}
-        code = 0
-        try:
-            run()
-        except SystemExit as e:
-            code = e.code
-        finally:  # Hydra's job logging binds handlers to this test's captured streams
-            for lg in [logging.getLogger()] + [logging.getLogger(n) for n in logging.root.manager.loggerDict]:
-                for h in [h for h in lg.handlers if h not in before.get(lg, [])]:
-                    lg.removeHandler(h)
-                    h.close()
+        code = run_app_in_process(monkeypatch, [*TINY, "hidden_size=8", *overrides, f"hydra.run.dir={run_dir}"])
         out = capsys.readouterr()
         return code, out.out, out.err, run_dir
 
