@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import kernels, pipeline, timing
-from benchmarks.report import Row, replace_marked
+from benchmarks.report import Row, replace_marked, section_tables
 from toolkit.layers import Recurrent
 
 FULL = {"shape": kernels.Shape(), "repeats": 7, "warmup": 2, "long": [1024, 4096, 16384], "long_repeats": 3,
@@ -245,14 +245,7 @@ def section(rows: list[Row], failed: list[str], device: str, command: str, setti
         lines += ["**Did not complete:**", "", *[f"- {f}" for f in failed], ""]
     if pending:  # written after each section: this stays if the run is stopped before the end
         lines += [f"**Not reached (the run stopped first):** {', '.join(pending)}.", ""]
-    for name in SECTIONS:
-        part = [r for r in rows if r.section == name]
-        if not part:
-            continue
-        lines += [f"### GPU: {name}", "", INTRO[name], "",
-                  "| case | measured (medians) | ratio | target | status |", "|---|---|---|---|---|"]
-        lines += ["| " + " | ".join(r.cells()) + " |" for r in part]
-        lines.append("")
+    lines += section_tables(rows, SECTIONS, INTRO, lambda name: f"### GPU: {name}")
     return "\n".join(lines)
 
 

@@ -117,14 +117,7 @@ def markdown(rows: list[Row], command: str, settings: str) -> str:
                          f"{sum(r.status == 'missed' for r in part)} |")
     lines.append("")
     lines += ["![ratios](performance.png)", ""]
-    for section in SECTIONS:
-        part = [r for r in rows if r.section == section]
-        if not part:
-            continue
-        lines += [f"## {section[0].upper()}{section[1:]}", "", INTRO[section], "",
-                  "| case | measured (medians) | ratio | target | status |", "|---|---|---|---|---|"]
-        lines += ["| " + " | ".join(r.cells()) + " |" for r in part]
-        lines.append("")
+    lines += section_tables(rows, SECTIONS, INTRO, lambda name: f"## {name[0].upper()}{name[1:]}")
     if NOTES.exists():  # hand-written notes on the work behind the numbers, kept across runs
         lines += [NOTES.read_text().strip(), ""]
     return "\n".join(lines)
@@ -180,3 +173,17 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def section_tables(rows: list, sections, intro: dict, heading) -> list[str]:
+    """One Markdown table per section that has rows: ``heading(name)``, its intro, then the rows."""
+    lines: list[str] = []
+    for name in sections:
+        part = [r for r in rows if r.section == name]
+        if not part:
+            continue
+        lines += [heading(name), "", intro[name], "",
+                  "| case | measured (medians) | ratio | target | status |", "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(r.cells()) + " |" for r in part]
+        lines.append("")
+    return lines
