@@ -26,6 +26,8 @@ usage:
                                  sample novel sequences from a language model (music: out= writes MIDI)
   rtk score ckpt=PATH text="…" [text="…" …] [input=FILE]
                                  log-probability, per-token probabilities and perplexity; ranks several
+  rtk export ckpt=PATH [format=onnx|torchscript] [out=FILE]
+                                 the network as ONNX (or a torch.export .pt2) plus FILE.json, to serve without the toolkit
   rtk plugins                    list the registered cells, their plugin packages and backends
   rtk report MULTIRUN_DIR [out=DIR]
                                  one table (report.md, report.csv) and a plot (report.png) for a sweep
@@ -99,11 +101,9 @@ def cmd_predict(args: list[str]) -> int:
     if "ckpt" not in opts:
         raise ConfigError("rtk predict: ckpt=<path to a .ckpt> is required")
     texts = _texts(opts, "predict")
-    from toolkit.tasks.base import load_task  # torch and Lightning: only once the arguments are good
+    from toolkit.api import load  # torch and Lightning: only once the arguments are good
 
-    model = load_task(opts["ckpt"][0])
-    for i, text in enumerate(texts):
-        lines = model.predict_lines(text)
+    for i, lines in enumerate(load(opts["ckpt"][0]).lines(texts)):
         if i and len(lines) > 1:
             print()  # a blank line between multi-line outputs (one token a line)
         print("\n".join(lines))
@@ -160,17 +160,17 @@ def cmd_generate(args: list[str]) -> int:
     out = Path(opts["out"][0]) if "out" in opts else None
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"rtk generate: out={out}: the folder {out.parent} does not exist")
-    from toolkit.tasks.base import load_task
+    from toolkit.api import load
 
-    model = load_task(opts["ckpt"][0], expect="language_model")
-    prompt = model.text_tokens(opts["prompt"][0]) if "prompt" in opts else None
+    model = load(opts["ckpt"][0], expect="language_model")
+    prompt = model.tokens(opts["prompt"][0]) if "prompt" in opts else None
     if prompt is not None and not prompt:
         raise ConfigError(f"rtk generate: prompt={opts['prompt'][0]!r} has no tokens for this model")
-    is_music = model.hparams.spec.get("source") == "bach_chorales"
+    is_music = model.spec.get("source") == "bach_chorales"
     if out is not None and not is_music:
         raise ConfigError("rtk generate: out=… writes MIDI, which only a music model (task=music) makes")
-    samples = model.sample(n, temperature=temperature, top_k=top_k, max_len=max_len, prompt=prompt,
-                           seed=seed, allow_unk=allow_unk)
+    samples = model.generate_tokens(n, temperature=temperature, top_k=top_k, max_len=max_len, prompt=prompt,
+                                    seed=seed, allow_unk=allow_unk)
     for s in samples:
         print(model.join(s))
     if out is not None:
@@ -190,15 +190,13 @@ def cmd_score(args: list[str]) -> int:
     if "ckpt" not in opts:
         raise ConfigError("rtk score: ckpt=<path to a language model's .ckpt> is required")
     texts = _texts(opts, "score")
-    from toolkit.tasks.base import load_task
+    from toolkit.api import load
 
-    model = load_task(opts["ckpt"][0], expect="language_model")
-    scored = []
+    model = load(opts["ckpt"][0], expect="language_model")
     for i, text in enumerate(texts):
-        tokens = model.text_tokens(text)
-        if not tokens:
+        if not model.tokens(text):
             raise ConfigError(f"rtk score: text number {i + 1} ({text!r}) has no tokens for this model")
-        scored.append((text, model.score_tokens(tokens)))
+    scored = list(zip(texts, model.score(texts)))
     for text, s in scored:
         print(f"{text}")
         print(f"  log P = {s['total']:.4f} nats ({s['total'] / math.log(2):.4f} bits)   "
@@ -208,6 +206,29 @@ def cmd_score(args: list[str]) -> int:
         print("ranked (most probable first):")
         for rank, (text, s) in enumerate(sorted(scored, key=lambda ts: -ts[1]["total"]), start=1):
             print(f"  {rank}. {s['total']:10.4f}  {text}")
+    return 0
+
+
+def cmd_export(args: list[str]) -> int:
+    from pathlib import Path
+
+    opts = parse_pairs(args, {"ckpt": False, "format": False, "out": False}, "export")
+    if "ckpt" not in opts:
+        raise ConfigError("rtk export: ckpt=<path to a .ckpt> is required")
+    fmt = opts.get("format", ["onnx"])[0]
+    out = Path(opts["out"][0]) if "out" in opts else Path(opts["ckpt"][0]).with_suffix(
+        ".onnx" if fmt == "onnx" else ".pt2")
+    if not out.parent.is_dir():
+        raise ConfigError(f"rtk export: out={out}: the folder {out.parent} does not exist")
+    from toolkit.api import load
+    from toolkit.export import FORMATS, export, require_onnx
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"rtk export: format={fmt!r} is not one of: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_onnx()  # before the checkpoint is read: the install command comes first
+    for path in export(load(opts["ckpt"][0]), out, fmt):
+        print(f"wrote {path}")
     return 0
 
 
@@ -236,7 +257,7 @@ def cmd_diagnose(args: list[str]) -> int:
 
 
 COMMANDS = {"predict": cmd_predict, "generate": cmd_generate, "score": cmd_score, "plugins": cmd_plugins,
-            "report": cmd_report, "diagnose": cmd_diagnose}
+            "report": cmd_report, "diagnose": cmd_diagnose, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,14 @@ class Recurrent(nn.Module):
           torch's ``h_0`` / ``c_0``.
         - y: (B, T, H * D), exactly zero at padded steps; final state in the
           same layout as ``state``, each sequence's taken at its own last step.
+
+    State layout (what ``state`` takes and the final state returns): a tuple in the
+    order of ``state_names`` (``("h",)``; LSTMs ``("h", "c")``); in each tensor, row
+    ``layer * D + direction`` holds that layer's state, layer 0 the one reading ``x``,
+    direction 0 left to right and 1 right to left (its final state is the one after
+    reading back to step 0). To carry state across calls (a stream, truncated BPTT),
+    pass the returned state to the next call: for a unidirectional layer, chunks fed
+    this way give the same outputs as the whole sequence at once.
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,

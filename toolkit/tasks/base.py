@@ -93,6 +93,16 @@ class SequenceTask(pl.LightningModule):
             backend=cell.get("backend", "auto"), batch_first=True, weight_drop=weight_drop, **cell_hparams,
         )
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """The trained model in eval mode (Lightning's own loader leaves it training, dropout on),
+        read as safely as ``toolkit.load`` reads it: weights only, toolkit heads and cells only."""
+        if kwargs:
+            raise ConfigError(f"{cls.__name__}.load_from_checkpoint takes only map_location (got "
+                              f"{', '.join(kwargs)}); a checkpoint's hyper-parameters rebuild the model as trained")
+        model = load_task(checkpoint_path, expect=cls.head)
+        return model if map_location is None else model.to(map_location)
+
     def input_size(self) -> int:
         return self.hparams.embedding_dim
 

@@ -1,0 +1,248 @@
+"""``rtk export``: a trained model as ONNX (or TorchScript) plus a JSON sidecar, to serve without the toolkit.
+
+How the time loop is exported. The layer's own backends cannot be: the ``loop`` backend
+is a Python loop, which a tracer unrolls into a graph fixed to the example's length,
+and the ``native`` backend packs padded batches (``pack_padded_sequence``), which the
+ONNX exporters do not support (an open torch issue). So the exported network runs each
+layer and direction as ``torch._higher_order_ops.scan`` over time with the cell's own
+``forward`` as the step; the dynamo ONNX exporter turns that into one ONNX ``Scan`` node
+whose length is the input's, so batch size and length are both dynamic. Padding is
+handled as in the layer: past a sequence's end the state freezes and the output is
+zero, and the reverse direction reads each sequence from its own last token.
+Everything around the encoder (embeddings, character CNN, pooling, output layer) is
+the head's own ``forward``, run unchanged.
+
+What was tried and left: the TorchScript-based exporter (``dynamo=False``) on a
+traced model unrolls the loop to the example's length (a silent fixed-length model);
+mapping the native cells onto ONNX's ``LSTM`` / ``GRU`` / ``RNN`` operators would cover
+three cells only (not ``peephole_lstm``, ``gru_simple``, the Cho-form GRU or plugins).
+
+``format=torchscript`` saves the same network as a ``torch.export`` program
+(``torch.export.save``, a ``.pt2`` file) — TorchScript itself (``torch.jit``) is
+deprecated in torch 2.x and its tracer has the fixed-length problem above.
+
+Inputs and outputs (names in the sidecar): ``tokens`` (B, T) int64, tagging also
+``shapes`` (B, T) and ``chars`` (B, T, W) int64, ``lengths`` (B,) int64, then one
+initial-state tensor per state name, each (num_layers * num_directions, B, H) (zeros to
+start); outputs ``logits`` (tagging, language model: (B, T, K); classification: (B, K))
+and ``final_<name>``, the final state in the same layout, so a stream can be continued step by step.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch._higher_order_ops import scan
+
+from toolkit.errors import ConfigError, ToolkitError
+from toolkit.layers import Recurrent
+from toolkit.stream import carried_state
+
+FORMATS = ("onnx", "torchscript")
+INSTALL = 'pip install "recurrent-toolkit[export]"'
+HEADS = ("tagging", "classification", "language_model")
+
+
+class ExportError(ToolkitError):
+    """A model cannot be exported as asked."""
+
+
+def scan_recurrent(rnn: Recurrent, x: Tensor, lengths: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
+    """``rnn(x, lengths, state)`` (eval mode) with every layer and direction a ``scan`` over time.
+
+    Same contract as ``Recurrent.forward`` (batch-first): y (B, T, H * D), zero at padded
+    steps, and the final state in the layer's layout, each sequence's at its own last step.
+    """
+    B, T, _ = x.shape
+    D = rnn.num_directions
+    steps = torch.arange(T, device=x.device)
+    mask = steps[None, :] < lengths[:, None]  # (B, T)
+    rev_index = torch.where(mask, lengths[:, None] - 1 - steps[None, :], steps[None, :])  # (B, T)
+    mask_t = mask.transpose(0, 1)[..., None]  # (T, B, 1)
+    finals = []
+    inp = x
+    for layer in range(rnn.num_layers):
+        outs = []
+        for d in range(D):
+            i = layer * D + d
+            cell = rnn.cells[i]
+            xi = inp if d == 0 else _flip(inp, rev_index)
+
+            def step(carry, xs, cell=cell):
+                x_t, m_t = xs  # (B, I), (B, 1)
+                y, new = cell(x_t, carry)
+                new = tuple(torch.where(m_t, n, c) for n, c in zip(new, carry))
+                return new, torch.where(m_t, y, 0.0)
+
+            final, ys = scan(step, tuple(s[i] for s in state), (xi.transpose(0, 1), mask_t))
+            y = ys.transpose(0, 1)  # (B, T, H)
+            outs.append(y if d == 0 else _flip(y, rev_index))
+            finals.append(final)
+        inp = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (B, T, H * D)
+    return inp, tuple(torch.stack([f[k] for f in finals]) for k in range(len(rnn.state_names)))
+
+
+def _flip(x: Tensor, rev_index: Tensor) -> Tensor:
+    return x.gather(1, rev_index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
+class ExportNet(nn.Module):
+    """The head's forward with the encoder run by :func:`scan_recurrent`, as plain tensors in and out."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.task = model.task.eval()
+        self.head = model.head
+        self.input_names = (["tokens", "shapes", "chars"] if self.head == "tagging" else ["tokens"]) + ["lengths"]
+        self.state_names = [f"state_{n}" for n in self.task.rnn.state_names]
+        self.output_names = ["logits", *(f"final_{n}" for n in self.task.rnn.state_names)]
+
+    def forward(self, *args: Tensor):
+        n = len(self.input_names)
+        inputs = dict(zip(self.input_names, args[:n]))
+        state = tuple(args[n:])
+        rnn = self.task.rnn
+        run = lambda x, lengths, s: scan_recurrent(rnn, x, lengths, s)  # noqa: E731
+        with carried_state(rnn, state, run=run) as carry:
+            if self.head == "language_model":
+                logits, _ = self.task(inputs["tokens"], inputs["lengths"])
+            else:
+                logits = self.task(inputs)
+        return (logits, *carry.final)
+
+
+def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 0) -> tuple[Tensor, ...]:
+    """Random inputs of the network's signature (lengths 1..length, the first one full)."""
+    g = torch.Generator().manual_seed(seed)
+    task = net.task
+    vocab = len(task.vocab)
+    lengths = torch.randint(1, length + 1, (batch,), generator=g)
+    lengths[0] = length
+    pad = torch.arange(length)[None, :] >= lengths[:, None]  # (B, T)
+    tokens = torch.randint(1, vocab, (batch, length), generator=g).masked_fill(pad, 0)
+    out = [tokens]
+    if net.head == "tagging":
+        from toolkit.data.text import SHAPES
+
+        out.append(torch.randint(1, len(SHAPES), (batch, length), generator=g).masked_fill(pad, 0))
+        width = 4
+        chars = torch.randint(1, len(task.chars.itos), (batch, length, width), generator=g)
+        out.append(chars.masked_fill(pad[..., None], 0))
+    out.append(lengths)
+    rnn = task.rnn
+    shape = (rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size)
+    out += [torch.randn(shape, generator=g) * 0.1 for _ in rnn.state_names]
+    return tuple(out)
+
+
+def check_exportable(model) -> None:
+    """Refuse, in one sentence, what this exporter cannot export with a dynamic length."""
+    if model.head not in HEADS:
+        raise ExportError(f"a {model.head} model cannot be exported: its decoding (beam search) runs in Python, "
+                          f"step by step; exportable heads: {', '.join(HEADS)}")
+    hp = model.task.hparams
+    if model.head == "tagging" and hp.get("char_filters", 0) > 0 and hp.get("char_encoder") == "lstm":
+        raise ExportError("a tagger with model.char_encoder=lstm cannot be exported: its character LSTM runs only "
+                          "the batch's real words (a data-dependent selection the exporters reject); "
+                          "train with model.char_encoder=cnn to export")
+
+
+def sidecar(model, net: ExportNet, fmt: str, file: str) -> dict:
+    """The JSON written beside the network: what a server needs to encode text and read outputs."""
+    from toolkit.data import text
+
+    task, spec = model.task, model.spec
+    rnn = task.rnn
+    tok = spec["tokenizer"]
+    pattern = {"tweet": text._TWEET.pattern, "words": text._WORDS.pattern}.get(tok)
+    out = {
+        "format": fmt, "file": file, "head": model.head,
+        "inputs": net.input_names + net.state_names, "outputs": net.output_names,
+        "tokenizer": {"name": tok, "regex": pattern,
+                      "lowercase_first": tok == "words",
+                      "how": inspect.getdoc(text.tokenize)},
+        "normalize": spec["normalize"],
+        "vocab": list(task.vocab.itos), "pad_id": 0, "unk_id": 1,
+        "labels": list(model.labels),
+        "state": {"names": list(rnn.state_names), "num_layers": rnn.num_layers,
+                  "num_directions": rnn.num_directions, "hidden_size": rnn.hidden_size,
+                  "layout": "(num_layers * num_directions, batch, hidden_size), row layer * num_directions + "
+                            "direction (direction 0: left to right, 1: right to left); zeros to start"},
+        "cell": dict(task.hparams.cell),
+    }
+    if model.head == "tagging":
+        out["shapes"] = list(text.SHAPES)
+        out["chars"] = list(task.chars.itos)
+        out["max_word_chars"] = _max_word_chars()
+        out["network_labels"] = list(task.tags)
+        out["decode"] = task.hparams.decode
+    if model.head == "classification":
+        out["pooling"] = task.hparams.pooling
+    if model.head == "language_model":
+        out["start_token"] = text.EOS
+    return out
+
+
+def _max_word_chars() -> int:
+    from toolkit.data.modules import MAX_WORD_CHARS
+
+    return MAX_WORD_CHARS
+
+
+def require_onnx() -> None:
+    missing = []
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(f"format=onnx needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                          f"installed; install it with: {INSTALL}")
+
+
+def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
+    """Write ``model`` to ``out`` and its sidecar to ``out`` + ``.json``; returns both paths.
+
+    Nothing is left behind when it fails: the network is written under a temporary name
+    and moved into place only after it loaded back.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r} is not one of: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_onnx()
+    check_exportable(model)
+    out = Path(out)
+    net = ExportNet(model).eval()
+    args = example_inputs(net)
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    dims = {"tokens": {0: batch, 1: time}, "shapes": {0: batch, 1: time}, "chars": {0: batch, 1: time},
+            "lengths": {0: batch}}
+    dynamic = tuple(dims.get(name, {1: batch}) for name in net.input_names + net.state_names)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with torch.no_grad():
+            program = torch.export.export(net, args, dynamic_shapes={"args": dynamic}, strict=False)
+            if fmt == "onnx":
+                onnx_program = torch.onnx.export(program, args, input_names=net.input_names + net.state_names,
+                                                 output_names=net.output_names, dynamo=True,
+                                                 external_data=False, verbose=False)
+                onnx_program.save(str(tmp))
+            else:
+                torch.export.save(program, str(tmp))
+    except ToolkitError:
+        raise
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"cell '{model.task.hparams.cell['name']}' could not be exported with a dynamic length "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    side = out.with_name(out.name + ".json")
+    side.write_text(json.dumps(sidecar(model, net, fmt, out.name), indent=1, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    tmp.replace(out)
+    return out, side
