@@ -27,7 +27,7 @@ usage:
   rtk score ckpt=PATH text="…" [text="…" …] [input=FILE]
                                  log-probability, per-token probabilities and perplexity; ranks several
   rtk export ckpt=PATH [format=onnx|torchscript] [out=FILE]
-                                 the network as ONNX (or a torch.export .pt2) plus FILE.json, to serve without the toolkit
+                                 the network as ONNX (or TorchScript) plus FILE.json, to serve without the toolkit
   rtk plugins                    list the registered cells, their plugin packages and backends
   rtk report MULTIRUN_DIR [out=DIR]
                                  one table (report.md, report.csv) and a plot (report.png) for a sweep
@@ -217,7 +217,7 @@ def cmd_export(args: list[str]) -> int:
         raise ConfigError("rtk export: ckpt=<path to a .ckpt> is required")
     fmt = opts.get("format", ["onnx"])[0]
     out = Path(opts["out"][0]) if "out" in opts else Path(opts["ckpt"][0]).with_suffix(
-        ".onnx" if fmt == "onnx" else ".pt2")
+        ".onnx" if fmt == "onnx" else ".pt")
     if not out.parent.is_dir():
         raise ConfigError(f"rtk export: out={out}: the folder {out.parent} does not exist")
     from toolkit.api import load

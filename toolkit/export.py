@@ -17,9 +17,9 @@ traced model unrolls the loop to the example's length (a silent fixed-length mod
 mapping the native cells onto ONNX's ``LSTM`` / ``GRU`` / ``RNN`` operators would cover
 three cells only (not ``peephole_lstm``, ``gru_simple``, the Cho-form GRU or plugins).
 
-``format=torchscript`` saves the same network as a ``torch.export`` program
-(``torch.export.save``, a ``.pt2`` file) — TorchScript itself (``torch.jit``) is
-deprecated in torch 2.x and its tracer has the fixed-length problem above.
+``format=torchscript``: the same network traced by ``torch.jit.trace``, except the time
+loops, which are ``torch.jit.script``-ed loops around each traced cell step, so the saved
+model (``torch.jit.load``, no toolkit needed) keeps a loop of the input's length.
 
 Inputs and outputs (names in the sidecar): ``tokens`` (B, T) int64, tagging also
 ``shapes`` (B, T) and ``chars`` (B, T, W) int64, ``lengths`` (B,) int64, then one
@@ -35,6 +35,7 @@ import inspect
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch._higher_order_ops import scan
@@ -44,6 +45,7 @@ from toolkit.layers import Recurrent
 from toolkit.stream import carried_state
 
 FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4  # what the exported network may differ from the model by (fp32, other kernels)
 INSTALL = 'pip install "recurrent-toolkit[export]"'
 HEADS = ("tagging", "classification", "language_model")
 
@@ -52,35 +54,29 @@ class ExportError(ToolkitError):
     """A model cannot be exported as asked."""
 
 
-def scan_recurrent(rnn: Recurrent, x: Tensor, lengths: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
-    """``rnn(x, lengths, state)`` (eval mode) with every layer and direction a ``scan`` over time.
+def export_recurrent(rnn: Recurrent, x: Tensor, lengths: Tensor, state: tuple[Tensor, ...],
+                     direction) -> tuple[Tensor, tuple]:
+    """``rnn(x, lengths, state)`` (eval mode, batch-first) with each layer and direction run by
+    ``direction(i, x, mask, s0) -> (y, final)``: the cell ``rnn.cells[i]`` over x (B, T, I),
+    left to right, state frozen and output zero where ``mask`` (B, T, 1) is False.
 
-    Same contract as ``Recurrent.forward`` (batch-first): y (B, T, H * D), zero at padded
-    steps, and the final state in the layer's layout, each sequence's at its own last step.
+    Same contract as ``Recurrent.forward``: y (B, T, H * D), zero at padded steps, and the
+    final state in the layer's layout, each sequence's at its own last step; the reverse
+    direction reads each sequence from its own last token.
     """
     B, T, _ = x.shape
     D = rnn.num_directions
     steps = torch.arange(T, device=x.device)
     mask = steps[None, :] < lengths[:, None]  # (B, T)
     rev_index = torch.where(mask, lengths[:, None] - 1 - steps[None, :], steps[None, :])  # (B, T)
-    mask_t = mask.transpose(0, 1)[..., None]  # (T, B, 1)
     finals = []
     inp = x
     for layer in range(rnn.num_layers):
         outs = []
         for d in range(D):
             i = layer * D + d
-            cell = rnn.cells[i]
-            xi = inp if d == 0 else _flip(inp, rev_index)
-
-            def step(carry, xs, cell=cell):
-                x_t, m_t = xs  # (B, I), (B, 1)
-                y, new = cell(x_t, carry)
-                new = tuple(torch.where(m_t, n, c) for n, c in zip(new, carry))
-                return new, torch.where(m_t, y, 0.0)
-
-            final, ys = scan(step, tuple(s[i] for s in state), (xi.transpose(0, 1), mask_t))
-            y = ys.transpose(0, 1)  # (B, T, H)
+            y, final = direction(i, inp if d == 0 else _flip(inp, rev_index), mask[..., None],
+                                 tuple(s[i] for s in state))
             outs.append(y if d == 0 else _flip(y, rev_index))
             finals.append(final)
         inp = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (B, T, H * D)
@@ -91,12 +87,79 @@ def _flip(x: Tensor, rev_index: Tensor) -> Tensor:
     return x.gather(1, rev_index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
-class ExportNet(nn.Module):
-    """The head's forward with the encoder run by :func:`scan_recurrent`, as plain tensors in and out."""
+def scan_direction(rnn: Recurrent):
+    """One direction as ``scan`` over time (ONNX ``Scan`` through the dynamo exporter)."""
 
-    def __init__(self, model):
+    def direction(i: int, x: Tensor, mask: Tensor, s0: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
+        cell = rnn.cells[i]
+
+        def step(carry, xs):
+            x_t, m_t = xs  # (B, I), (B, 1)
+            y, new = cell(x_t, carry)
+            new = tuple(torch.where(m_t, n, c) for n, c in zip(new, carry))
+            return new, torch.where(m_t, y, 0.0)
+
+        final, ys = scan(step, s0, (x.transpose(0, 1), mask.transpose(0, 1)))
+        return ys.transpose(0, 1), final  # (B, T, H)
+
+    return direction
+
+
+class _StackedStep(nn.Module):
+    """The cell's step on its state stacked into one (S, B, H) tensor (TorchScript has no
+    variable-length tuples)."""
+
+    def __init__(self, cell: nn.Module):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x_t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        y, new = self.cell(x_t, tuple(s.unbind(0)))
+        return y, torch.stack(new)
+
+
+class _ScriptedLoop(nn.Module):
+    """A TorchScript loop over time around a traced step: the loop stays a loop in the saved model."""
+
+    def __init__(self, step: nn.Module):
+        super().__init__()
+        self.step = step
+
+    def forward(self, x: Tensor, mask: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        ys: list[Tensor] = []
+        for t in range(x.size(1)):
+            y, new = self.step(x[:, t], s)
+            m = mask[:, t]  # (B, 1)
+            s = torch.where(m.unsqueeze(0), new, s)
+            ys.append(torch.where(m, y, torch.zeros_like(y)))
+        return torch.stack(ys, 1), s
+
+
+def script_direction(loops: nn.ModuleList):
+    """One direction as a scripted loop (``loops[i]``, see :func:`scripted_loops`)."""
+
+    def direction(i: int, x: Tensor, mask: Tensor, s0: tuple[Tensor, ...]) -> tuple[Tensor, tuple]:
+        y, final = loops[i](x, mask, torch.stack(s0))
+        return y, tuple(final.unbind(0))
+
+    return direction
+
+
+def scripted_loops(rnn: Recurrent) -> nn.ModuleList:
+    loops = []
+    for cell in rnn.cells:
+        example = (torch.randn(2, cell.input_size), torch.randn(len(rnn.state_names), 2, cell.hidden_size))
+        loops.append(torch.jit.script(_ScriptedLoop(torch.jit.trace(_StackedStep(cell), example))))
+    return nn.ModuleList(loops)
+
+
+class ExportNet(nn.Module):
+    """The head's forward with the encoder run by :func:`export_recurrent`, as plain tensors in and out."""
+
+    def __init__(self, model, loops: nn.ModuleList | None = None):
         super().__init__()
         self.task = model.task.eval()
+        self.loops = loops  # TorchScript: the scripted time loops; None: scan (ONNX)
         self.head = model.head
         self.input_names = (["tokens", "shapes", "chars"] if self.head == "tagging" else ["tokens"]) + ["lengths"]
         self.state_names = [f"state_{n}" for n in self.task.rnn.state_names]
@@ -107,7 +170,8 @@ class ExportNet(nn.Module):
         inputs = dict(zip(self.input_names, args[:n]))
         state = tuple(args[n:])
         rnn = self.task.rnn
-        run = lambda x, lengths, s: scan_recurrent(rnn, x, lengths, s)  # noqa: E731
+        direction = scan_direction(rnn) if self.loops is None else script_direction(self.loops)
+        run = lambda x, lengths, s: export_recurrent(rnn, x, lengths, s, direction)  # noqa: E731
         with carried_state(rnn, state, run=run) as carry:
             if self.head == "language_model":
                 logits, _ = self.task(inputs["tokens"], inputs["lengths"])
@@ -206,11 +270,72 @@ def require_onnx() -> None:
                           f"installed; install it with: {INSTALL}")
 
 
+def write_onnx(model, path: Path) -> ExportNet:
+    net = ExportNet(model).eval()
+    args = example_inputs(net)
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    dims = {"tokens": {0: batch, 1: time}, "shapes": {0: batch, 1: time}, "chars": {0: batch, 1: time},
+            "lengths": {0: batch}}
+    dynamic = tuple(dims.get(name, {1: batch}) for name in net.input_names + net.state_names)
+    program = torch.export.export(net, args, dynamic_shapes={"args": dynamic}, strict=False)
+    onnx_program = torch.onnx.export(program, args, input_names=net.input_names + net.state_names,
+                                     output_names=net.output_names, dynamo=True, external_data=False,
+                                     verbose=False)
+    onnx_program.save(str(path))
+    return net
+
+
+def write_torchscript(model, path: Path) -> ExportNet:
+    net = ExportNet(model, scripted_loops(model.task.rnn)).eval()
+    task = model.task
+    task._jit_is_scripting = True  # Lightning's flag: its `trainer` property must not raise while traced
+    try:
+        traced = torch.jit.trace(net, example_inputs(net), check_trace=False)
+    finally:
+        task._jit_is_scripting = False
+    traced.save(str(path))
+    return net
+
+
+def reference(model, inputs: tuple[Tensor, ...]) -> list[Tensor]:
+    """The outputs the export must give: the head's forward with the layer's own backend
+    (not the export's time loop), from the same initial state."""
+    net = ExportNet(model)
+    n = len(net.input_names)
+    named = dict(zip(net.input_names, inputs[:n]))
+    with torch.no_grad(), carried_state(model.task.rnn, tuple(inputs[n:])) as carry:
+        if model.head == "language_model":
+            logits, _ = model.task(named["tokens"], named["lengths"])
+        else:
+            logits = model.task(named)
+    return [logits, *carry.final]
+
+
+def run_exported(path: Path, fmt: str, inputs: tuple[Tensor, ...]) -> list[np.ndarray]:
+    """Run a written network: onnxruntime (ONNX) or ``torch.jit.load`` (TorchScript)."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return session.run(None, {k: v.numpy() for k, v in zip(names, inputs)})
+    with torch.no_grad():
+        return [t.numpy() for t in torch.jit.load(str(path))(*inputs)]
+
+
+def max_difference(model, path: Path, fmt: str, inputs: tuple[Tensor, ...]) -> float:
+    got = run_exported(path, fmt, inputs)
+    expected = reference(model, inputs)
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
+
+
 def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
     """Write ``model`` to ``out`` and its sidecar to ``out`` + ``.json``; returns both paths.
 
-    Nothing is left behind when it fails: the network is written under a temporary name
-    and moved into place only after it loaded back.
+    Nothing is left behind when it fails: the network is written under a temporary name,
+    loaded back and run on a batch of another size and length than the export example
+    (so a model fixed to the example's shape cannot pass), and moved into place only when
+    its outputs and final state equal the model's own within 1e-4.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not one of: {', '.join(FORMATS)}")
@@ -218,29 +343,21 @@ def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
         require_onnx()
     check_exportable(model)
     out = Path(out)
-    net = ExportNet(model).eval()
-    args = example_inputs(net)
-    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
-    dims = {"tokens": {0: batch, 1: time}, "shapes": {0: batch, 1: time}, "chars": {0: batch, 1: time},
-            "lengths": {0: batch}}
-    dynamic = tuple(dims.get(name, {1: batch}) for name in net.input_names + net.state_names)
     tmp = out.with_name(out.name + ".partial")
     try:
         with torch.no_grad():
-            program = torch.export.export(net, args, dynamic_shapes={"args": dynamic}, strict=False)
-            if fmt == "onnx":
-                onnx_program = torch.onnx.export(program, args, input_names=net.input_names + net.state_names,
-                                                 output_names=net.output_names, dynamo=True,
-                                                 external_data=False, verbose=False)
-                onnx_program.save(str(tmp))
-            else:
-                torch.export.save(program, str(tmp))
-    except ToolkitError:
-        raise
+            net = write_onnx(model, tmp) if fmt == "onnx" else write_torchscript(model, tmp)
+            worst = max_difference(model, tmp, fmt, example_inputs(net, batch=3, length=7, seed=1))
     except Exception as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, ToolkitError):
+            raise
         raise ExportError(f"cell '{model.task.hparams.cell['name']}' could not be exported with a dynamic length "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not worst <= TOLERANCE:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"the exported {model.task.hparams.cell['name']} model differs from the model by {worst:.2g} "
+                          f"(more than {TOLERANCE}) on a batch unlike the export example, so it was not written")
     side = out.with_name(out.name + ".json")
     side.write_text(json.dumps(sidecar(model, net, fmt, out.name), indent=1, ensure_ascii=False) + "\n",
                     encoding="utf-8")

@@ -40,8 +40,8 @@ from toolkit.layers import Recurrent
 
 
 @contextmanager
-def carried_state(rnn: Recurrent, state: tuple[Tensor, ...] | None, run=None):
-    """Within the block, ``rnn`` starts from ``state`` (None: zeros) whenever it is called
+def carried_state(rnn: Recurrent, initial: tuple[Tensor, ...] | None, run=None):
+    """Within the block, ``rnn`` starts from ``initial`` (None: zeros) whenever it is called
     without one, and the holder it yields records the final state of the last call.
 
     It lets a head's unchanged forward run on a chunk of a stream (and, with ``run``, a
@@ -50,8 +50,8 @@ def carried_state(rnn: Recurrent, state: tuple[Tensor, ...] | None, run=None):
     holder = _Holder()
     original = rnn.forward if run is None else run
 
-    def forward(x, lengths=None, state_in=None):
-        y, holder.final = original(x, lengths, state if state_in is None else state_in)
+    def forward(x, lengths=None, state=None):
+        y, holder.final = original(x, lengths, initial if state is None else state)
         return y, holder.final
 
     rnn.forward = forward
