@@ -22,7 +22,7 @@ import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the named sources are packages; never the hub
 
-from benchmarks import kernels, pipeline, timing  # noqa: E402
+from benchmarks import export, kernels, pipeline, timing  # noqa: E402
 from benchmarks.report import SECTIONS, Row, marked_block, markdown, plot, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,10 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 # whole suite stays near 10 minutes on the 2-core machine the issue measured on.
 FULL = {"shape": kernels.Shape(), "repeats": 7, "warmup": 2, "matmul": 2048, "long": [256, 1024, 4096],
         "long_repeats": 3, "e2e_repeats": 3, "e2e_batches": None, "pad_repeats": 3, "pad_batches": None,
-        "overrides": []}
+        "overrides": [], "export_repeats": 50, "export": {}}
 QUICK = {"shape": kernels.Shape(T=6, B=3, I=8, H=8), "repeats": 1, "warmup": 0, "matmul": 64, "long": [16, 32],
          "long_repeats": 1, "e2e_repeats": 1, "e2e_batches": 2, "pad_repeats": 1, "pad_batches": 2,
-         "overrides": ["hidden_size=8", "model.embedding_dim=8"]}
+         "overrides": ["hidden_size=8", "model.embedding_dim=8"], "export_repeats": 2,
+         "export": {"hidden": 8, "embedding": 8, "vocab": 20, "length": 6}}
 
 
 def settings_text(p: dict) -> str:
@@ -54,13 +55,14 @@ def run_suite(p: dict, only: list[str] | None = None, log=print) -> list[Row]:
         "end to end": lambda: pipeline.end_to_end(p["e2e_repeats"], p["overrides"], p["e2e_batches"]),
         "padding": lambda: pipeline.padding(["ner", "sentiment"], p["pad_repeats"], p["overrides"], p["pad_batches"]),
         "long sequences": lambda: kernels.long_sequences(s, p["long"], p["long_repeats"], 1),
+        "export": lambda: [] if export.missing() else export.latency(p["export_repeats"], 1, **p["export"]),
     }
     rows: list[Row] = []
     for section in SECTIONS:
         if only and section not in only:
             continue
         start = time.perf_counter()
-        for note in kernels.missing_plugins(section):
+        for note in kernels.missing_plugins(section) + (export.missing() if section == "export" else []):
             log(note)
         part = steps[section]()
         log(table(part) + f"\n  ({time.perf_counter() - start:.0f} s)")
