@@ -225,7 +225,7 @@ def sidecar(model, net: ExportNet, fmt: str, file: str) -> dict:
     tok = spec["tokenizer"]
     pattern = {"tweet": text._TWEET.pattern, "words": text._WORDS.pattern}.get(tok)
     out = {
-        "format": fmt, "file": file, "head": model.head,
+        "format": fmt, "file": file, "head": model.head, "text_module": TEXT_MODULE,
         "inputs": net.input_names + net.state_names, "outputs": net.output_names,
         "tokenizer": {"name": tok, "regex": pattern,
                       "lowercase_first": tok == "words",
@@ -244,7 +244,13 @@ def sidecar(model, net: ExportNet, fmt: str, file: str) -> dict:
         out["chars"] = list(task.chars.itos)
         out["max_word_chars"] = _max_word_chars()
         out["network_labels"] = list(task.tags)
-        out["decode"] = task.hparams.decode
+        out["decode"] = task.hparams.decode  # greedy: argmax per token; viterbi / crf: the best path with these
+        if task.crf is not None:
+            trans, start, end = (t.tolist() for t in task.crf.scores())  # -inf: a forbidden transition
+            out["crf"] = {"transitions": trans, "start": start, "end": end}
+        elif task.constraints is not None:
+            allowed, start, end = (t.tolist() for t in task.constraints)
+            out["viterbi"] = {"allowed": allowed, "start": start, "end": end}
     if model.head == "classification":
         out["pooling"] = task.hparams.pooling
     if model.head == "language_model":
@@ -256,6 +262,36 @@ def _max_word_chars() -> int:
     from toolkit.data.modules import MAX_WORD_CHARS
 
     return MAX_WORD_CHARS
+
+
+TEXT_MODULE = "rtk_text.py"
+
+
+def text_module_source() -> str:
+    """``rtk_text.py``, written beside every export: the toolkit's own tokenizers, normaliser,
+    token shapes, vocabulary and encoders (their source, copied at export time, so a server
+    encodes text exactly as training did), needing only Python's standard library."""
+    from toolkit.data import modules, text
+
+    from_text = [text.tokenize, text.normalize, text.shape, text.Vocab]
+    from_modules = [modules.encode_tagging, modules.encode_text]
+    return "\n\n".join([
+        f'"""Text encoding of the Recurrent Toolkit {__import__("toolkit").__version__}, written by `rtk export`: '
+        "the source of\n" + ", ".join(f"toolkit.data.text.{f.__name__}" for f in from_text) + " and "
+        + ", ".join(f"toolkit.data.modules.{f.__name__}" for f in from_modules)
+        + ',\nunchanged. Standard library only."""',
+        "from __future__ import annotations\n\nimport re\nfrom collections import Counter\n"
+        "from collections.abc import Iterable",
+        "\n".join([
+            "ConfigError = ValueError",
+            f"PAD, UNK, EOS = {text.PAD!r}, {text.UNK!r}, {text.EOS!r}",
+            f"PAD_ID, UNK_ID = {text.PAD_ID}, {text.UNK_ID}",
+            f"_TWEET = re.compile({text._TWEET.pattern!r})",
+            f"_WORDS = re.compile({text._WORDS.pattern!r})",
+            f"SHAPES = {text.SHAPES!r}",
+            "_SHAPE_ID = {s: i for i, s in enumerate(SHAPES)}",
+            f"MAX_WORD_CHARS = {modules.MAX_WORD_CHARS}"]),
+        *(inspect.getsource(f).strip() for f in from_text + from_modules)]) + "\n"
 
 
 def require_onnx() -> None:
@@ -330,7 +366,8 @@ def max_difference(model, path: Path, fmt: str, inputs: tuple[Tensor, ...]) -> f
 
 
 def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
-    """Write ``model`` to ``out`` and its sidecar to ``out`` + ``.json``; returns both paths.
+    """Write ``model`` to ``out``, its sidecar to ``out`` + ``.json`` and ``rtk_text.py`` (see
+    :func:`text_module_source`) beside them; returns the network's and the sidecar's paths.
 
     Nothing is left behind when it fails: the network is written under a temporary name,
     loaded back and run on a batch of another size and length than the export example
@@ -358,6 +395,7 @@ def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"the exported {model.task.hparams.cell['name']} model differs from the model by {worst:.2g} "
                           f"(more than {TOLERANCE}) on a batch unlike the export example, so it was not written")
+    (out.parent / TEXT_MODULE).write_text(text_module_source(), encoding="utf-8")
     side = out.with_name(out.name + ".json")
     side.write_text(json.dumps(sidecar(model, net, fmt, out.name), indent=1, ensure_ascii=False) + "\n",
                     encoding="utf-8")
