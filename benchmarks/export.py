@@ -47,7 +47,7 @@ def latency(repeats: int, warmup: int, hidden: int = 128, embedding: int = 100, 
     m = model(hidden, embedding, vocab)
     net = ExportNet(m)
     with tempfile.TemporaryDirectory() as tmp:
-        path, _ = export(m, Path(tmp) / "bench.onnx")
+        path, _, _ = export(m, Path(tmp) / "bench.onnx")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -43,14 +43,14 @@ def assert_export_matches_torch(model, path, fmt="onnx"):
 def test_every_cell_exports_to_onnx_with_dynamic_batch_and_length(tmp_path, cell, hp, direction, depth):
     torch.manual_seed(0)
     model = wrap(classification_task(cell=cell, depth=depth, direction=direction, cell_hp=hp).eval())
-    path, _ = export(model, tmp_path / "m.onnx")
+    path, _, _ = export(model, tmp_path / "m.onnx")
     assert_export_matches_torch(model, path)
 
 
 def test_a_bidirectional_two_layer_tagger_and_a_language_model_export(tmp_path):
     torch.manual_seed(0)
     tagger = wrap(tagging_task(cell="lstm", depth=2, direction="bi", decode="crf"))
-    path, side = export(tagger, tmp_path / "tagger.onnx")
+    path, side, _ = export(tagger, tmp_path / "tagger.onnx")
     assert_export_matches_torch(tagger, path)
     meta = json.loads(side.read_text())
     assert meta["labels"] == tagger.labels and meta["vocab"][:2] == ["<pad>", "<unk>"]
@@ -59,7 +59,7 @@ def test_a_bidirectional_two_layer_tagger_and_a_language_model_export(tmp_path):
     assert meta["outputs"] == ["logits", "final_h", "final_c"]
 
     lm = wrap(lm_task(cell="mingru", depth=2))  # a plugin cell
-    path, _ = export(lm, tmp_path / "lm.onnx")
+    path, _, _ = export(lm, tmp_path / "lm.onnx")
     assert_export_matches_torch(lm, path)
 
 
@@ -79,7 +79,7 @@ def test_rtk_export_writes_model_and_sidecar_and_refuses_what_it_cannot(tmp_path
 @pytest.mark.parametrize("cell", ["peephole_lstm", "layernorm_lstm"])
 def test_torchscript_keeps_a_loop_of_the_inputs_length(tmp_path, cell):
     model = wrap(classification_task(cell=cell, depth=2, direction="bi"))
-    path, side = export(model, tmp_path / "m.pt", fmt="torchscript")
+    path, side, _ = export(model, tmp_path / "m.pt", fmt="torchscript")
     assert json.loads(side.read_text())["format"] == "torchscript"
     assert_export_matches_torch(model, path, fmt="torchscript")
 
@@ -92,3 +92,37 @@ def test_missing_onnx_gets_the_install_command(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip() == ("error: format=onnx needs onnxscript, which is not installed; install it with: "
                                   'pip install "recurrent-toolkit[export]"')
+
+
+def docs_block(page: str, after: str) -> str:
+    """The first ```python block after the line ``after`` in a docs page."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    rest = text[text.index(after):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```", start)]
+
+
+def test_the_docs_serving_example_runs_on_onnxruntime_alone(tmp_path):
+    # docs/export.md's example, run where importing torch or the toolkit fails, gives what
+    # the toolkit predicts (a greedy tagger and a classifier, as the page's models are)
+    tagger = wrap(tagging_task(cell="gru", decode="greedy"))
+    classifier = wrap(classification_task(cell="rnn", depth=2))
+    export(tagger, tmp_path / "ner.onnx")
+    export(classifier, tmp_path / "sentiment.onnx")
+    script = docs_block("export.md", "<!-- serving example -->").replace("/tmp/docs-runs/export", str(tmp_path))
+    (tmp_path / "serve.py").write_text(script)
+    blocker = ("import sys; sys.modules['torch'] = None; sys.modules['toolkit'] = None; "
+               f"exec(compile(open({str(tmp_path / 'serve.py')!r}).read(), 'serve.py', 'exec'))")
+    run = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    printed = run.stdout.splitlines()
+    sentence = "Carol King loves Berlin ."
+    reviews = ["a gripping , beautifully acted film", "a boring mess"]
+    expected = tagger.lines([sentence])[0] + [line for lines in classifier.lines(reviews) for line in lines]
+    assert len(printed) == len(expected) == 7
+    assert printed[:5] == expected[:5]  # token<TAB>tag
+    for got, want in zip(printed[5:], expected[5:]):  # label<TAB>probability<TAB>text
+        (label, p, text), (label2, p2, text2) = got.split("\t"), want.split("\t")
+        assert (label, text) == (label2, text2) and abs(float(p) - float(p2)) <= 1e-4

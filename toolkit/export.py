@@ -30,9 +30,12 @@ and ``final_<name>``, the final state in the same layout, so a stream can be con
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -365,9 +368,25 @@ def max_difference(model, path: Path, fmt: str, inputs: tuple[Tensor, ...]) -> f
     return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
 
 
-def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' chatter (torchvision ops not registered, pytree deprecations) is not the user's
+    business; an export that fails still raises."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path, Path]:
     """Write ``model`` to ``out``, its sidecar to ``out`` + ``.json`` and ``rtk_text.py`` (see
-    :func:`text_module_source`) beside them; returns the network's and the sidecar's paths.
+    :func:`text_module_source`) beside them; returns the three paths.
 
     Nothing is left behind when it fails: the network is written under a temporary name,
     loaded back and run on a batch of another size and length than the export example
@@ -382,7 +401,7 @@ def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             net = write_onnx(model, tmp) if fmt == "onnx" else write_torchscript(model, tmp)
             worst = max_difference(model, tmp, fmt, example_inputs(net, batch=3, length=7, seed=1))
     except Exception as e:
@@ -395,9 +414,10 @@ def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path]:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"the exported {model.task.hparams.cell['name']} model differs from the model by {worst:.2g} "
                           f"(more than {TOLERANCE}) on a batch unlike the export example, so it was not written")
-    (out.parent / TEXT_MODULE).write_text(text_module_source(), encoding="utf-8")
+    text_module = out.parent / TEXT_MODULE
+    text_module.write_text(text_module_source(), encoding="utf-8")
     side = out.with_name(out.name + ".json")
     side.write_text(json.dumps(sidecar(model, net, fmt, out.name), indent=1, ensure_ascii=False) + "\n",
                     encoding="utf-8")
     tmp.replace(out)
-    return out, side
+    return out, side, text_module
