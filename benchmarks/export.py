@@ -30,7 +30,7 @@ def missing() -> list[str]:
 
 def model(hidden: int, embedding: int, vocab: int):
     from toolkit.api import wrap
-    from toolkit.tasks import ClassificationTask
+    from toolkit.tasks.classification import ClassificationTask
 
     spec = {"kind": "classification", "tokenizer": "words", "normalize": "lower",
             "vocab": ["<pad>", "<unk>", *(f"w{i}" for i in range(vocab - 2))], "labels": ["neg", "pos"]}

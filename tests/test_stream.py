@@ -12,7 +12,8 @@ import toolkit
 from toolkit.api import wrap
 from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent
-from toolkit.data.modules import collate_classification, collate_tagging, encode_tagging
+from toolkit.data.classification import collate_classification
+from toolkit.data.tagging import collate_tagging, encode_tagging
 
 from test_api import classification_task, lm_task, save, tagging_task
 

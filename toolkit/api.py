@@ -1,37 +1,26 @@
 """Use a trained model from Python: ``toolkit.load(path)`` and the head's batch methods.
 
 This is the one inference path: ``rtk predict`` / ``generate`` / ``score``, the
-stream (``toolkit.stream``) and the export (``toolkit.export``) all go through it,
-so text is tokenised, normalised, encoded and decoded in one place (the task's
-own data functions, ``toolkit.data``) whatever the caller.
+stream (``toolkit.stream``) and the export (``toolkit.export``) all go through it.
 
     >>> import toolkit
     >>> model = toolkit.load("runs/ner/…/checkpoints/best.ckpt")   # eval mode, CPU
     >>> model.predict(["Harry Potter visited London ."])
     [[('Harry', 'B-person'), ('Potter', 'I-person'), ('visited', 'O'), ('London', 'B-geo-loc'), ('.', 'O')]]
 
-Every batch method takes a list and runs it through the network ``batch_size`` items
-at a time (one forward per batch, the items sorted by length so little is padded),
-and returns the results in the caller's order.
+The batch methods of each head are in ``toolkit.inference`` (docs/python.md).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import Tensor
 
-from toolkit.data.lm import collate_lm, encode_lm
-from toolkit.data.modules import collate_classification, collate_tagging, encode_tagging, encode_text
-from toolkit.data.text import EOS, UNK_ID, normalize, tokenize
-from toolkit.errors import ConfigError
-from toolkit.tasks.base import SequenceTask, load_task
-
-BATCH_SIZE = 256  # items per forward: large enough to amortise the per-call cost, small enough for any CPU
+from toolkit.checkpoints import load_task
+from toolkit.heads import HEADS
+from toolkit.inference import Model
+from toolkit.tasks.base import SequenceTask
 
 
 def load(path: str | Path, map_location: str | torch.device | None = None, expect: str | None = None) -> "Model":
@@ -49,243 +38,7 @@ def load(path: str | Path, map_location: str | torch.device | None = None, expec
 
 
 def wrap(task: SequenceTask) -> "Model":
-    """The batch-method object of an already built task (e.g. one just trained)."""
-    return API[task.hparams.head](task)
-
-
-def _batches(n_items: int, sizes: Sequence[int], batch_size: int) -> Iterable[list[int]]:
-    """Item indices in batches of similar length (longest first), each at most ``batch_size``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size!r} must be a whole number of at least 1")
-    order = sorted(range(n_items), key=lambda i: -sizes[i])
-    for lo in range(0, n_items, batch_size):
-        yield order[lo:lo + batch_size]
-
-
-class Model:
-    """A trained task ready for inference; subclasses add the batch methods of their head.
-
-    Attributes: ``task`` (the LightningModule), ``head``, ``labels`` (what the network
-    predicts, in its output order), ``spec`` (tokenizer, normaliser, vocabulary, labels).
-    """
-
-    head: str
-
-    def __init__(self, task: SequenceTask):
-        self.task = task.eval()
-        self.spec = task.hparams.spec
-        self.labels: list[str] = list(task.labels.names)
-
-    @property
-    def device(self) -> torch.device:
-        return self.task.device
-
-    def __repr__(self) -> str:
-        hp = self.task.hparams
-        return (f"{type(self).__name__}(head={self.head!r}, cell={hp.cell['name']!r}, depth={hp.depth}, "
-                f"direction={hp.direction!r}, hidden_size={hp.hidden_size}, device={str(self.device)!r})")
-
-    def tokens(self, text: str) -> list[str]:
-        """Raw text -> tokens, with the tokenizer the model was trained with."""
-        return tokenize(text, self.spec["tokenizer"])
-
-    def _token_lists(self, items: Sequence[str | Sequence[str]]) -> list[list[str]]:
-        if isinstance(items, str):
-            raise ConfigError("give a list of texts (or of token lists), not one string: model.predict([text])")
-        out = []
-        for i, item in enumerate(items):
-            toks = self.tokens(item) if isinstance(item, str) else list(item)
-            if not toks:
-                raise ConfigError(f"item number {i + 1} ({item!r}) has no tokens for this model's tokenizer "
-                                  f"({self.spec['tokenizer']})")
-            out.append(toks)
-        return out
-
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
-        """``rtk predict``'s printed lines, one list per text."""
-        raise ConfigError(f"a {self.head} model does not predict from text")
-
-    def stream(self):
-        """A :class:`toolkit.stream.Stream` over this model (unidirectional models only)."""
-        from toolkit.stream import Stream
-
-        return Stream(self)
-
-
-class Tagger(Model):
-    """One tag per token (``ner``, ``tagging``)."""
-
-    head = "tagging"
-
-    @torch.no_grad()
-    def _logits(self, token_lists: list[list[str]], batch_size: int) -> Iterable[tuple[list[int], Tensor, Tensor]]:
-        task = self.task
-        for idx in _batches(len(token_lists), [len(t) for t in token_lists], batch_size):
-            items = [encode_tagging(token_lists[i], task.vocab, self.spec["normalize"], task.chars) for i in idx]
-            batch = self._to_device(collate_tagging(items))
-            yield idx, task(batch), batch["lengths"]  # (B, T, K) network scores, (B,)
-
-    def predict(self, items: Sequence[str | Sequence[str]], batch_size: int = BATCH_SIZE) -> list[list[tuple[str, str]]]:
-        """Texts (or token lists) -> [(token, tag), …] each, decoded as in training (``model.decode``)."""
-        token_lists = self._token_lists(items)
-        out: list = [None] * len(token_lists)
-        for idx, logits, lengths in self._logits(token_lists, batch_size):
-            for i, path in zip(idx, self.task.decode(logits, lengths)):
-                out[i] = list(zip(token_lists[i], (self.labels[t] for t in path)))
-        return out
-
-    def predict_proba(self, items: Sequence[str | Sequence[str]], batch_size: int = BATCH_SIZE) -> list[np.ndarray]:
-        """Texts (or token lists) -> a (tokens, len(labels)) array of tag probabilities each.
-
-        With a CRF these are the exact marginals P(tag_t | sentence) (the gradient of the log
-        partition function with respect to the emissions); otherwise the per-token softmax.
-        With ``tag_scheme=bioes`` the columns are the network's BIOES tags (``model.network_labels``).
-        """
-        token_lists = self._token_lists(items)
-        out: list = [None] * len(token_lists)
-        for idx, logits, lengths in self._logits(token_lists, batch_size):
-            probs = self._marginals(logits, lengths) if self.task.crf is not None else logits.softmax(-1)
-            for row, i in enumerate(idx):
-                out[i] = probs[row, :len(token_lists[i])].cpu().numpy()
-        return out
-
-    def _marginals(self, emissions: Tensor, lengths: Tensor) -> Tensor:
-        with torch.enable_grad():
-            e = emissions.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.task.crf.log_partition(e, lengths).sum(), e)
-        return grad
-
-    @property
-    def network_labels(self) -> list[str]:
-        """The columns of :meth:`predict_proba`: the data's tags, or the BIOES tags trained on."""
-        return list(self.task.tags)
-
-    def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
-        return [[f"{tok}\t{tag}" for tok, tag in pairs] for pairs in self.predict(texts, batch_size)]
-
-
-class Classifier(Model):
-    """One label per sequence (``sentiment``, ``peptides``, ``classification``)."""
-
-    head = "classification"
-
-    @torch.no_grad()
-    def predict_proba(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """Texts -> (len(texts), len(labels)) softmax probabilities, columns in ``model.labels`` order."""
-        if isinstance(texts, str):
-            raise ConfigError("give a list of texts, not one string: model.predict([text])")
-        spec, task = self.spec, self.task
-        items = [encode_text(t, task.vocab, spec["tokenizer"], spec["normalize"]) for t in texts]
-        for i, (text, item) in enumerate(zip(texts, items)):
-            if not item["tokens"]:
-                raise ConfigError(f"item number {i + 1} ({text!r}) has no tokens for this model's tokenizer "
-                                  f"({spec['tokenizer']})")
-        out = np.zeros((len(items), len(self.labels)), dtype=np.float32)
-        for idx in _batches(len(items), [len(it["tokens"]) for it in items], batch_size):
-            batch = self._to_device(collate_classification([items[i] for i in idx]))
-            out[idx] = task(batch).softmax(-1).cpu().numpy()
-        return out
-
-    def predict(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[str]:
-        """Texts -> the most probable label each."""
-        return [self.labels[i] for i in self.predict_proba(texts, batch_size).argmax(-1)]
-
-    def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
-        probs = self.predict_proba(texts, batch_size)
-        return [[f"{self.labels[int(p.argmax())]}\t{float(p.max()):.4f}\t{text}"] for p, text in zip(probs, texts)]
-
-
-class LanguageModel(Model):
-    """Next-token softmax: sample (``generate``), score (``score``), and read one step at a time (``stream``)."""
-
-    head = "language_model"
-
-    def tokens(self, text: str) -> list[str]:
-        """Raw text -> the model's (normalised) tokens."""
-        return [normalize(t, self.spec["normalize"]) for t in tokenize(text, self.spec["tokenizer"])]
-
-    def join(self, tokens: list[str]) -> str:
-        """Tokens back to text (characters side by side, words with spaces)."""
-        return self.task.join(tokens)
-
-    @torch.no_grad()
-    def score(self, items: Sequence[str | Sequence[str]], batch_size: int = BATCH_SIZE) -> list[dict]:
-        """Texts (or token lists) -> {tokens, logp, total, perplexity} each: log P(tokens, <eos>) in nats,
-        each token's log-probability given the ones before, and exp(-total / number of tokens)."""
-        token_lists = self._token_lists(items)
-        task, vocab = self.task, self.task.vocab
-        out: list = [None] * len(token_lists)
-        for idx in _batches(len(token_lists), [len(t) for t in token_lists], batch_size):
-            batch = self._to_device(collate_lm([encode_lm(token_lists[i], [], vocab) for i in idx]))
-            logits, _ = task(batch["tokens"], batch["lengths"])  # (B, T, V)
-            targets = batch["targets"]
-            logp = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (B, T)
-            for row, i in enumerate(idx):
-                toks = token_lists[i]
-                lp = [float(v) for v in logp[row, :len(toks) + 1]]
-                shown = [t if vocab.stoi.get(t, UNK_ID) != UNK_ID else f"{t}→<unk>" for t in toks] + [EOS]
-                total = math.fsum(lp)
-                out[i] = {"tokens": shown, "logp": lp, "total": total, "perplexity": math.exp(-total / len(shown))}
-        return out
-
-    def generate_tokens(self, n: int = 10, temperature: float = 1.0, top_k: int | None = None,
-                        prompt: str | Sequence[str] | None = None, seed: int | None = None, max_len: int = 100,
-                        allow_unk: bool = False) -> list[list[str]]:
-        """``n`` samples as token lists, all drawn together (one forward per step for the batch).
-
-        ``prompt``: text or tokens to continue (music: a condition such as ``<major>``);
-        ``temperature=0`` is greedy; ``seed`` makes the draw repeatable.
-        """
-        if isinstance(prompt, str):
-            text = prompt
-            prompt = self.tokens(prompt)
-            if not prompt:
-                raise ConfigError(f"prompt={text!r} has no tokens for this model")
-        return self.task.sample(n, temperature=temperature, top_k=top_k, max_len=max_len,
-                                prompt=None if prompt is None else list(prompt), seed=seed, allow_unk=allow_unk)
-
-    def generate(self, n: int = 10, temperature: float = 1.0, top_k: int | None = None,
-                 prompt: str | Sequence[str] | None = None, seed: int | None = None, max_len: int = 100,
-                 allow_unk: bool = False) -> list[str]:
-        """``n`` samples as text (see :meth:`generate_tokens`)."""
-        return [self.join(s) for s in self.generate_tokens(n, temperature, top_k, prompt, seed, max_len, allow_unk)]
-
-    def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
-        return [[f"{s['total']:.4f}\t{s['perplexity']:.2f}\t{text}"] for s, text in zip(self.score(texts, batch_size), texts)]
-
-
-class Transducer(Model):
-    """Encoder-decoder (``g2p``, ``seq2seq``): a source string -> target tokens, by beam search."""
-
-    head = "seq2seq"
-
-    def predict(self, sources: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
-        """Source strings (words, for g2p) -> target tokens each (``model.beam_size`` beams)."""
-        if isinstance(sources, str):
-            raise ConfigError("give a list of source strings, not one string: model.predict([word])")
-        sources = list(sources)
-        out: list = [None] * len(sources)
-        for idx in _batches(len(sources), [len(s) for s in sources], batch_size):
-            for i, hyp in zip(idx, self.task.predict_words([sources[i] for i in idx])):
-                out[i] = hyp
-        return out
-
-    def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
-        words = [self.task._words(t) for t in texts]
-        flat = self.predict([w for ws in words for w in ws], batch_size)
-        out, at = [], 0
-        for ws in words:
-            out.append([f"{w}\t{' '.join(p)}" for w, p in zip(ws, flat[at:at + len(ws)])])
-            at += len(ws)
-        return out
-
-    def stream(self):
-        raise ConfigError("an encoder-decoder cannot stream: it reads the whole source before it writes "
-                          "the first target token")
-
-
-API: dict[str, type[Model]] = {"tagging": Tagger, "classification": Classifier, "language_model": LanguageModel,
-                               "seq2seq": Transducer}
+    """The batch-method object of an already built task (e.g. one just trained): the head's
+    declared ``api`` class, or the plain :class:`~toolkit.inference.Model` (the head's ``predict``
+    hook per text) for a head that declares none."""
+    return (HEADS[task.hparams.head].api or Model)(task)

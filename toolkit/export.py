@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch._higher_order_ops import scan
 
+from toolkit import __version__
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layers import Recurrent
 from toolkit.stream import carried_state
@@ -262,7 +263,7 @@ def sidecar(model, net: ExportNet, fmt: str, file: str) -> dict:
 
 
 def _max_word_chars() -> int:
-    from toolkit.data.modules import MAX_WORD_CHARS
+    from toolkit.data.tagging import MAX_WORD_CHARS
 
     return MAX_WORD_CHARS
 
@@ -274,14 +275,14 @@ def text_module_source() -> str:
     """``rtk_text.py``, written beside every export: the toolkit's own tokenizers, normaliser,
     token shapes, vocabulary and encoders (their source, copied at export time, so a server
     encodes text exactly as training did), needing only Python's standard library."""
-    from toolkit.data import modules, text
+    from toolkit.data import classification, tagging, text
 
     from_text = [text.tokenize, text.normalize, text.shape, text.Vocab]
-    from_modules = [modules.encode_tagging, modules.encode_text]
+    from_modules = [tagging.encode_tagging, classification.encode_text]
     return "\n\n".join([
-        f'"""Text encoding of the Recurrent Toolkit {__import__("toolkit").__version__}, written by `rtk export`: '
+        f'"""Text encoding of the Recurrent Toolkit {__version__}, written by `rtk export`: '
         "the source of\n" + ", ".join(f"toolkit.data.text.{f.__name__}" for f in from_text) + " and "
-        + ", ".join(f"toolkit.data.modules.{f.__name__}" for f in from_modules)
+        + ", ".join(f"{f.__module__}.{f.__name__}" for f in from_modules)
         + ',\nunchanged. Standard library only."""',
         "from __future__ import annotations\n\nimport re\nfrom collections import Counter\n"
         "from collections.abc import Iterable",
@@ -293,7 +294,7 @@ def text_module_source() -> str:
             f"_WORDS = re.compile({text._WORDS.pattern!r})",
             f"SHAPES = {text.SHAPES!r}",
             "_SHAPE_ID = {s: i for i, s in enumerate(SHAPES)}",
-            f"MAX_WORD_CHARS = {modules.MAX_WORD_CHARS}"]),
+            f"MAX_WORD_CHARS = {tagging.MAX_WORD_CHARS}"]),
         *(inspect.getsource(f).strip() for f in from_text + from_modules)]) + "\n"
 
 

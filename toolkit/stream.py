@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from toolkit.data.lm import encode_lm
-from toolkit.data.modules import collate_classification, collate_tagging, encode_tagging
+from toolkit.data.classification import collate_classification
+from toolkit.data.tagging import collate_tagging, encode_tagging
 from toolkit.data.text import EOS, normalize
 from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent

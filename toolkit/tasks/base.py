@@ -1,9 +1,8 @@
-"""What every task head shares: the embedding -> Recurrent encoder, optimiser, checkpoint I/O."""
+"""What every task head shares: the embedding -> Recurrent encoder and the optimiser.
+
+Reading and writing checkpoints: ``toolkit.checkpoints``."""
 
 from __future__ import annotations
-
-import pickle
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -12,7 +11,7 @@ from torch import Tensor, nn
 
 from toolkit.cells import available_cells, cell_entries
 from toolkit.data.text import UNK_ID, Labels, Vocab
-from toolkit.errors import CheckpointError, ConfigError
+from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent
 
 OPTIMIZERS = ("adam", "sgd")
@@ -49,7 +48,7 @@ class SequenceTask(pl.LightningModule):
     """A task head on top of ``Recurrent``; subclasses add the head and the metrics.
 
     All constructor arguments are plain data (they are stored in the checkpoint and
-    rebuild the model there, see :func:`load_task`).
+    rebuild the model there, see :func:`toolkit.checkpoints.load_task`).
     """
 
     head: str
@@ -94,14 +93,16 @@ class SequenceTask(pl.LightningModule):
         )
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
-        """The trained model in eval mode (Lightning's own loader leaves it training, dropout on),
-        read as safely as ``toolkit.load`` reads it: weights only, toolkit heads and cells only."""
-        if kwargs:
-            raise ConfigError(f"{cls.__name__}.load_from_checkpoint takes only map_location (got "
-                              f"{', '.join(kwargs)}); a checkpoint's hyper-parameters rebuild the model as trained")
-        model = load_task(checkpoint_path, expect=cls.head)
-        return model if map_location is None else model.to(map_location)
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, weights_only: bool = True, **kwargs):
+        """Lightning's loader, returning the model in eval mode (Lightning leaves it in training
+        mode, dropout on, so two predictions of one sentence could differ) and reading tensors and
+        plain data only. ``toolkit.load`` is the checked path: it also refuses Hydra keys, names a
+        missing plugin cell and wraps the model in the batch methods (docs/python.md)."""
+        if not weights_only:
+            raise ConfigError("load_from_checkpoint reads weights only (weights_only=False would let the file "
+                              "run code); toolkit.load reads every toolkit checkpoint that way")
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True,
+                                            **kwargs).eval()
 
     def input_size(self) -> int:
         return self.hparams.embedding_dim
@@ -155,80 +156,3 @@ class SequenceTask(pl.LightningModule):
         # a manually optimised model (truncated BPTT) steps its schedule itself
         if not self.automatic_optimization and self.hparams.lr_schedule != "constant":
             self.lr_schedulers().step()
-
-
-def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:
-    """A checkpoint's contents, loaded as tensors and plain data only (never pickled code).
-
-    Raises CheckpointError for a missing, truncated or foreign file, another format
-    version, or (with ``expect``) a model of another head.
-    """
-    from toolkit.tasks import HEADS
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path} is not a checkpoint this toolkit can read safely: it is not a "
-                              "torch checkpoint, or unpickling it would run code") from None
-    except Exception as e:  # truncated or otherwise damaged
-        raise CheckpointError(f"checkpoint {path} cannot be read, it may be truncated or damaged "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hp or "head" not in hp or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Recurrent Toolkit checkpoint")
-    if hp.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written with checkpoint format {hp.get('format_version')}; "
-                              f"this toolkit reads format {FORMAT_VERSION}")
-    if hp["head"] not in HEADS:
-        raise CheckpointError(f"{path} holds a '{hp['head']}' model, which this toolkit cannot load")
-    if where := _hydra_key(hp):
-        raise CheckpointError(f"{path} holds a Hydra instantiation key ({where}); a checkpoint's "
-                              "hyper-parameters can only rebuild toolkit heads and registered cells")
-    cell = hp.get("cell")
-    if not isinstance(cell, dict) or not isinstance(cell.get("name"), str):
-        raise CheckpointError(f"{path} names no recurrent cell, so it is not a Recurrent Toolkit checkpoint")
-    if cell["name"] not in available_cells():
-        plugin = hp.get("cell_plugin") or {}
-        dist = plugin.get("distribution") if isinstance(plugin, dict) else None
-        install = (f"pip install '{dist}=={plugin.get('version')}'" if dist and plugin.get("version")
-                   else "pip install <the plugin that provides it>")
-        raise CheckpointError(f"{path} needs the cell '{cell['name']}'"
-                              + (f" from the plugin {dist}" if dist else "")
-                              + f", which is not installed; install it with: {install} (rtk plugins lists "
-                              "the installed cells)")
-    if expect is not None and hp["head"] != expect:
-        raise CheckpointError(f"{path} holds a {hp['head']} model, not a {expect} model")
-    return ckpt
-
-
-_HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
-
-
-def _hydra_key(node, where: str = "hyper_parameters") -> str | None:
-    """Where ``node`` holds a key Hydra's instantiate would act on (``_target_``, …), or None."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _HYDRA_KEYS:
-                return f"{where}.{key}"
-            if found := _hydra_key(value, f"{where}.{key}"):
-                return found
-    elif isinstance(node, (list, tuple)):
-        for i, value in enumerate(node):
-            if found := _hydra_key(value, f"{where}[{i}]"):
-                return found
-    return None
-
-
-def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
-    """Rebuild a trained task from a checkpoint (see :func:`read_checkpoint`)."""
-    from toolkit.tasks import HEADS
-
-    ckpt = read_checkpoint(path, expect)
-    hp = ckpt["hyper_parameters"]
-    model = HEADS[hp["head"]](**{k: v for k, v in hp.items() if k != "head"})
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model

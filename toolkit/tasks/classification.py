@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from toolkit.data.modules import collate_classification, encode_text
+from toolkit.data.classification import collate_classification, encode_text
 from toolkit.errors import ConfigError
 from toolkit.tasks.base import SequenceTask
 
@@ -38,8 +38,11 @@ class ClassificationTask(SequenceTask):
             return y.sum(1) / lengths.to(y)[:, None]
         if self.hparams.pooling == "max":
             return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
-        # last: the forward direction's state after the last real token, and (if
-        # bidirectional) the reverse direction's state after reading back to token 0.
+        return self.last(y, lengths)
+
+    def last(self, y: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, H*D) -> (B, H*D): the forward direction's state after the last real token, and
+        (if bidirectional) the reverse direction's state after reading back to token 0."""
         h = self.hparams.hidden_size
         last = y[torch.arange(y.size(0), device=y.device), lengths.to(y.device) - 1]  # (B, H*D)
         if self.rnn.num_directions == 1:
@@ -100,3 +103,10 @@ class ClassificationTask(SequenceTask):
             label, prob = self.predict_text(ex["text"])
             rows.append([ex["text"], ex["label"], label, round(prob, 4)])
         return ["text", "gold", "predicted", "probability"], rows
+
+
+def last_step_loss(model: ClassificationTask, batch: dict) -> Tensor:
+    """The gradient diagnostic's loss: the head's 'last' pooling whatever ``model.pooling`` says
+    (the loss reads only the last step), summed over the batch."""
+    y = model.encode(batch)  # (B, T, H * D)
+    return F.cross_entropy(model.out(model.last(y, batch["lengths"])), batch["labels"], reduction="sum")
