@@ -29,8 +29,8 @@ def assert_export_matches_torch(model, path, fmt="onnx"):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == net.input_names + net.state_names
         assert [o.name for o in session.get_outputs()] == net.output_names
-    for batch, length, seed in ((3, 9, 1), (1, 2, 2), (4, 1, 3)):  # the export example is (2, 5)
-        inputs = example_inputs(net, batch, length, seed)
+    for batch, length, seed, width in ((3, 9, 1, 7), (1, 2, 2, 1), (4, 1, 3, 2)):  # the export example: (2, 5, 4)
+        inputs = example_inputs(net, batch, length, seed, width)
         got = run_exported(path, fmt, inputs)
         for g, e in zip(got, reference(model, inputs), strict=True):
             np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=0)

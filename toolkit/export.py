@@ -184,8 +184,9 @@ class ExportNet(nn.Module):
         return (logits, *carry.final)
 
 
-def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 0) -> tuple[Tensor, ...]:
-    """Random inputs of the network's signature (lengths 1..length, the first one full)."""
+def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 0, width: int = 4) -> tuple[Tensor, ...]:
+    """Random inputs of the network's signature (lengths 1..length, the first one full; taggers:
+    ``width`` characters a word)."""
     g = torch.Generator().manual_seed(seed)
     task = net.task
     vocab = len(task.vocab)
@@ -198,7 +199,6 @@ def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 
         from toolkit.data.text import SHAPES
 
         out.append(torch.randint(1, len(SHAPES), (batch, length), generator=g).masked_fill(pad, 0))
-        width = 4
         chars = torch.randint(1, len(task.chars.itos), (batch, length, width), generator=g)
         out.append(chars.masked_fill(pad[..., None], 0))
     out.append(lengths)
@@ -313,8 +313,8 @@ def require_onnx() -> None:
 def write_onnx(model, path: Path) -> ExportNet:
     net = ExportNet(model).eval()
     args = example_inputs(net)
-    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
-    dims = {"tokens": {0: batch, 1: time}, "shapes": {0: batch, 1: time}, "chars": {0: batch, 1: time},
+    batch, time, word = torch.export.Dim("batch"), torch.export.Dim("time"), torch.export.Dim("word")
+    dims = {"tokens": {0: batch, 1: time}, "shapes": {0: batch, 1: time}, "chars": {0: batch, 1: time, 2: word},
             "lengths": {0: batch}}
     dynamic = tuple(dims.get(name, {1: batch}) for name in net.input_names + net.state_names)
     program = torch.export.export(net, args, dynamic_shapes={"args": dynamic}, strict=False)
@@ -390,7 +390,7 @@ def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path, Path]
     :func:`text_module_source`) beside them; returns the three paths.
 
     Nothing is left behind when it fails: the network is written under a temporary name,
-    loaded back and run on a batch of another size and length than the export example
+    loaded back and run on a batch of another size, length and word width than the export example
     (so a model fixed to the example's shape cannot pass), and moved into place only when
     its outputs and final state equal the model's own within 1e-4.
     """
@@ -404,7 +404,7 @@ def export(model, out: str | Path, fmt: str = "onnx") -> tuple[Path, Path, Path]
     try:
         with torch.no_grad(), _quiet():
             net = write_onnx(model, tmp) if fmt == "onnx" else write_torchscript(model, tmp)
-            worst = max_difference(model, tmp, fmt, example_inputs(net, batch=3, length=7, seed=1))
+            worst = max_difference(model, tmp, fmt, example_inputs(net, batch=3, length=7, seed=1, width=6))
     except Exception as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, ToolkitError):
