@@ -307,7 +307,7 @@ def require_onnx() -> None:
             missing.append(name)
     if missing:
         raise ConfigError(f"format=onnx needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-                          f"installed; install it with: {INSTALL}")
+                          f"installed; install {'it' if len(missing) == 1 else 'them'} with: {INSTALL}")
 
 
 def write_onnx(model, path: Path) -> ExportNet:
