@@ -13,6 +13,7 @@ from toolkit.cli import main
 from toolkit.errors import CheckpointError, ConfigError
 from toolkit.tasks.classification import ClassificationTask
 from toolkit.tasks.lm import LanguageModelTask
+from toolkit.tasks.seq2seq import Seq2SeqTask
 from toolkit.tasks.tagging import TaggingTask
 
 WORDS = ["<pad>", "<unk>", "carol", "king", "loves", "berlin", ".", "a", "boring", "mess", "great", "film"]
@@ -38,6 +39,12 @@ def lm_task(cell="lstm", depth=1, cell_hp=None, **kw) -> LanguageModelTask:
     spec = {"kind": "lm", "tokenizer": "words", "normalize": "lower", "labels": [], "conditions": [],
             "source": None, "vocab": [*WORDS, "<eos>"]}
     return LanguageModelTask(spec=spec, cell={"name": cell, **(cell_hp or {})}, depth=depth, **{**SMALL, **kw})
+
+
+def seq2seq_task(**kw) -> Seq2SeqTask:
+    spec = {"kind": "seq2seq", "tokenizer": "chars", "normalize": "lower", "vocab": ["<pad>", "<unk>", *"abcdeklmnorst"],
+            "labels": ["AH", "B", "K", "R", "T"], "max_target_len": 6, "stress": True}
+    return Seq2SeqTask(spec=spec, cell={"name": "gru"}, beam_size=2, **{**SMALL, **kw})
 
 
 def save(task, path) -> str:
@@ -135,3 +142,17 @@ def test_classifier_cannot_generate(tmp_path):
     assert not hasattr(model, "generate")
     with pytest.raises(CheckpointError, match="not a language_model model"):
         toolkit.load(tmp_path / "c.ckpt", expect="language_model")
+
+
+def test_transducer_predicts_a_batch_of_words_as_rtk_predict_prints_them(tmp_path):
+    model = toolkit.load(save(seq2seq_task(), tmp_path / "g2p.ckpt"))
+    words = ["cat", "rob", "tomb"]
+    assert model.predict(words, batch_size=2) == [model.predict([w])[0] for w in words]
+    assert model.lines(["cat rob"]) == [[f"cat\t{' '.join(model.predict(['cat'])[0])}",
+                                         f"rob\t{' '.join(model.predict(['rob'])[0])}"]]
+
+
+def test_load_from_checkpoint_will_not_read_code(tmp_path):
+    path = save(classification_task(), tmp_path / "c.ckpt")
+    with pytest.raises(ConfigError, match="reads weights only"):
+        ClassificationTask.load_from_checkpoint(path, weights_only=False)

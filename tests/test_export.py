@@ -14,7 +14,7 @@ from toolkit.api import wrap
 from toolkit.cli import main
 from toolkit.export import ExportNet, example_inputs, export, reference, run_exported
 
-from test_api import classification_task, lm_task, save, tagging_task
+from test_api import classification_task, lm_task, save, seq2seq_task, tagging_task
 
 ort = pytest.importorskip("onnxruntime", reason='the export extra: pip install "recurrent-toolkit[export]"')
 
@@ -74,6 +74,13 @@ def test_rtk_export_writes_model_and_sidecar_and_refuses_what_it_cannot(tmp_path
     assert main(["export", f"ckpt={bad}", f"out={tmp_path / 't.onnx'}"]) == 2
     assert "char_encoder=lstm cannot be exported" in capsys.readouterr().err
     assert not (tmp_path / "t.onnx").exists() and not (tmp_path / "t.onnx.json").exists()
+    g2p = save(seq2seq_task(), tmp_path / "g2p.ckpt")
+    assert main(["export", f"ckpt={g2p}", f"out={tmp_path / 'g.onnx'}"]) == 2
+    assert capsys.readouterr().err == ("error: a seq2seq model cannot be exported: its decoding (beam search) runs "
+                                       "in Python, step by step; exportable heads: tagging, classification, "
+                                       "language_model\n")
+    assert main(["export", f"ckpt={ckpt}", f"out={tmp_path / 'no' / 'c.onnx'}"]) == 2
+    assert "the folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("cell", ["peephole_lstm", "layernorm_lstm"])

@@ -15,7 +15,7 @@ from toolkit.layers import Recurrent
 from toolkit.data.classification import collate_classification
 from toolkit.data.tagging import collate_tagging, encode_tagging
 
-from test_api import classification_task, lm_task, save, tagging_task
+from test_api import classification_task, lm_task, save, seq2seq_task, tagging_task
 
 # every built-in cell (gru in both reset forms) and two plugin cells: minGRU (a parallel-scan
 # sequence path) and the layer-norm LSTM (loop only)
@@ -118,3 +118,5 @@ def test_bidirectional_and_encoder_decoder_models_refuse_to_stream(tmp_path):
     model = toolkit.load(save(tagging_task(direction="bi"), tmp_path / "bi.ckpt"))
     with pytest.raises(ConfigError, match="^a bidirectional model cannot stream: its reverse direction starts"):
         model.stream()
+    with pytest.raises(ConfigError, match="^an encoder-decoder cannot stream: it reads the whole source"):
+        toolkit.load(save(seq2seq_task(), tmp_path / "g2p.ckpt")).stream()
