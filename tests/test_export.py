@@ -133,3 +133,15 @@ def test_the_docs_serving_example_runs_on_onnxruntime_alone(tmp_path):
     for got, want in zip(printed[5:], expected[5:]):  # label<TAB>probability<TAB>text
         (label, p, text), (label2, p2, text2) = got.split("\t"), want.split("\t")
         assert (label, text) == (label2, text2) and abs(float(p) - float(p2)) <= 1e-4
+
+
+def test_an_export_that_differs_from_the_model_is_not_written(tmp_path, monkeypatch):
+    import toolkit.export as ex
+
+    model = wrap(classification_task())
+    real = ex.reference
+    monkeypatch.setattr(ex, "reference", lambda m, inputs: [t + 1e-3 for t in real(m, inputs)])
+    with pytest.raises(ex.ExportError, match=r"differs from the model by 0\.001 \(more than 0\.0001\) on a batch "
+                                             "unlike the export example, so it was not written"):
+        export(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
