@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 import toolkit
-from toolkit.inference import Classifier, LanguageModel, Tagger
+from toolkit.inference import LanguageModel, Tagger
 from toolkit.cli import main
 from toolkit.errors import CheckpointError, ConfigError
 from toolkit.tasks.classification import ClassificationTask

@@ -11,7 +11,6 @@ and returns the results in the caller's order.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -19,9 +18,8 @@ import torch
 from torch import Tensor
 
 from toolkit.data.classification import collate_classification, encode_text
-from toolkit.data.lm import collate_lm, encode_lm
 from toolkit.data.tagging import collate_tagging, encode_tagging
-from toolkit.data.text import EOS, UNK_ID, normalize, tokenize
+from toolkit.data.text import normalize, tokenize
 from toolkit.errors import ConfigError
 from toolkit.tasks.base import SequenceTask
 
@@ -190,24 +188,14 @@ class LanguageModel(Model):
         """Tokens back to text (characters side by side, words with spaces)."""
         return self.task.join(tokens)
 
-    @torch.no_grad()
     def score(self, items: Sequence[str | Sequence[str]], batch_size: int = BATCH_SIZE) -> list[dict]:
         """Texts (or token lists) -> {tokens, logp, total, perplexity} each: log P(tokens, <eos>) in nats,
         each token's log-probability given the ones before, and exp(-total / number of tokens)."""
         token_lists = self._token_lists(items)
-        task, vocab = self.task, self.task.vocab
         out: list = [None] * len(token_lists)
         for idx in _batches(len(token_lists), [len(t) for t in token_lists], batch_size):
-            batch = self._to_device(collate_lm([encode_lm(token_lists[i], [], vocab) for i in idx]))
-            logits, _ = task(batch["tokens"], batch["lengths"])  # (B, T, V)
-            targets = batch["targets"]
-            logp = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (B, T)
-            for row, i in enumerate(idx):
-                toks = token_lists[i]
-                lp = [float(v) for v in logp[row, :len(toks) + 1]]
-                shown = [t if vocab.stoi.get(t, UNK_ID) != UNK_ID else f"{t}→<unk>" for t in toks] + [EOS]
-                total = math.fsum(lp)
-                out[i] = {"tokens": shown, "logp": lp, "total": total, "perplexity": math.exp(-total / len(shown))}
+            for i, scored in zip(idx, self.task.score_batch([token_lists[i] for i in idx])):
+                out[i] = scored
         return out
 
     def generate_tokens(self, n: int = 10, temperature: float = 1.0, top_k: int | None = None,
@@ -253,7 +241,7 @@ class Transducer(Model):
         return out
 
     def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
-        words = [self.task._words(t) for t in texts]
+        words = [self.task.source_words(t) for t in texts]
         flat = self.predict([w for ws in words for w in ws], batch_size)
         out, at = [], 0
         for ws in words:

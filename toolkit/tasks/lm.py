@@ -251,14 +251,21 @@ class LanguageModelTask(SequenceTask):
     @torch.no_grad()
     def score_tokens(self, tokens: list[str]) -> dict:
         """log P(tokens, <eos>) and each token's conditional probability given the ones before."""
-        item = encode_lm(tokens, [], self.vocab)
-        batch = {k: v.to(self.device) for k, v in collate_lm([item]).items()}
-        logits, _ = self(batch["tokens"])
-        logp = logits.log_softmax(-1)[0].gather(-1, batch["targets"][0][:, None]).squeeze(-1)
-        shown = [t if self.vocab.stoi.get(t, UNK_ID) != UNK_ID else f"{t}→<unk>" for t in tokens] + [EOS]
-        total = float(logp.sum())
-        return {"tokens": shown, "logp": [float(v) for v in logp], "total": total,
-                "perplexity": math.exp(-total / len(shown))}
+        return self.score_batch([tokens])[0]
+
+    @torch.no_grad()
+    def score_batch(self, token_lists: list[list[str]]) -> list[dict]:
+        """:meth:`score_tokens` of several token lists in one forward (padded; padding is invisible)."""
+        batch = {k: v.to(self.device) for k, v in collate_lm([encode_lm(t, [], self.vocab) for t in token_lists]).items()}
+        logits, _ = self(batch["tokens"], batch["lengths"])  # (B, T, V)
+        logp = logits.log_softmax(-1).gather(-1, batch["targets"].clamp(min=0)[..., None]).squeeze(-1)  # (B, T)
+        out = []
+        for row, tokens in enumerate(token_lists):
+            lp = [float(v) for v in logp[row, :len(tokens) + 1]]
+            shown = [t if self.vocab.stoi.get(t, UNK_ID) != UNK_ID else f"{t}→<unk>" for t in tokens] + [EOS]
+            total = math.fsum(lp)
+            out.append({"tokens": shown, "logp": lp, "total": total, "perplexity": math.exp(-total / len(shown))})
+        return out
 
     def predict_lines(self, text: str) -> list[str]:
         toks = self.text_tokens(text)

@@ -319,7 +319,8 @@ class Seq2SeqTask(SequenceTask):
         self._eval_step(batch, "test")
 
     # ---------------------------------------------------------------- predict
-    def _words(self, text: str) -> list[str]:
+    def source_words(self, text: str) -> list[str]:
+        """The sources one text holds: each word (a character model), or the whole line."""
         # a character model reads one word at a time; another tokenizer reads the whole line
         return text.split() if self.hparams.spec["tokenizer"] == "chars" else [text.strip()]
 
@@ -344,13 +345,13 @@ class Seq2SeqTask(SequenceTask):
 
     def predict_lines(self, text: str) -> list[str]:
         """One line per word: ``word<TAB>PH1 PH2 …``."""
-        words = self._words(text)
+        words = self.source_words(text)
         return [f"{w}\t{' '.join(p)}" for w, p in zip(words, self.predict_words(words))]
 
     def showcase(self, example: str | None, data=None) -> tuple[str, list[str]] | None:
         if not example:
             return None
-        words = self._words(example)
+        words = self.source_words(example)
         return "predict", [repr(example), *(f"{w} → {' '.join(p)}" for w, p in zip(words, self.predict_words(words)))]
 
     def sample_table(self, examples) -> tuple[list[str], list[list[str]]]:
