@@ -47,6 +47,7 @@ def test_every_cell_exports_to_onnx_with_dynamic_batch_and_length(tmp_path, cell
     assert_export_matches_torch(model, path)
 
 
+@pytest.mark.slow
 def test_a_bidirectional_two_layer_tagger_and_a_language_model_export(tmp_path):
     torch.manual_seed(0)
     tagger = wrap(tagging_task(cell="lstm", depth=2, direction="bi", decode="crf"))
@@ -111,6 +112,7 @@ def docs_block(page: str, after: str) -> str:
     return rest[start:rest.index("```", start)]
 
 
+@pytest.mark.slow
 def test_the_docs_serving_example_runs_on_onnxruntime_alone(tmp_path):
     # docs/export.md's example, run where importing torch or the toolkit fails, gives what
     # the toolkit predicts (a greedy tagger and a classifier, as the page's models are)

@@ -1,21 +1,18 @@
 """``rtk export``: a trained model as ONNX (or TorchScript) plus a JSON sidecar, to serve without the toolkit.
 
-How the time loop is exported. The layer's own backends cannot be: the ``loop`` backend
-is a Python loop, which a tracer unrolls into a graph fixed to the example's length,
-and the ``native`` backend packs padded batches (``pack_padded_sequence``), which the
-ONNX exporters do not support (an open torch issue). So the exported network runs each
-layer and direction as ``torch._higher_order_ops.scan`` over time with the cell's own
-``forward`` as the step; the dynamo ONNX exporter turns that into one ONNX ``Scan`` node
-whose length is the input's, so batch size and length are both dynamic. Padding is
-handled as in the layer: past a sequence's end the state freezes and the output is
-zero, and the reverse direction reads each sequence from its own last token.
-Everything around the encoder (embeddings, character CNN, pooling, output layer) is
-the head's own ``forward``, run unchanged.
-
-What was tried and left: the TorchScript-based exporter (``dynamo=False``) on a
-traced model unrolls the loop to the example's length (a silent fixed-length model);
-mapping the native cells onto ONNX's ``LSTM`` / ``GRU`` / ``RNN`` operators would cover
-three cells only (not ``peephole_lstm``, ``gru_simple``, the Cho-form GRU or plugins).
+How the time loop is exported. The layer's own backends cannot be (``python -m
+benchmarks.export_tried`` shows it): ``torch.export`` fixes the length of the ``loop``
+backend's Python loop and of the fused kernel, and refuses the packing of a padded batch;
+the TorchScript-based ONNX exporter (``dynamo=False``) silently unrolls the loop to the
+example's length, and maps only the three cells with a fused kernel onto ONNX's ``LSTM`` /
+``GRU`` / ``RNN`` (not ``peephole_lstm``, ``gru_simple``, the Cho-form GRU or plugins).
+So the exported network runs each layer and direction as ``torch._higher_order_ops.scan``
+over time with the cell's own ``forward`` as the step; the dynamo ONNX exporter turns that
+into one ONNX ``Scan`` node whose length is the input's, so batch size and length are
+both dynamic. Padding is handled as in the layer: past a sequence's end the state
+freezes and the output is zero, and the reverse direction reads each sequence from its
+own last token. Everything around the encoder (embeddings, character CNN, pooling,
+output layer) is the head's own ``forward``, run unchanged.
 
 ``format=torchscript``: the same network traced by ``torch.jit.trace``, except the time
 loops, which are ``torch.jit.script``-ed loops around each traced cell step, so the saved
