@@ -48,7 +48,6 @@ from toolkit.stream import carried_state
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4  # what the exported network may differ from the model by (fp32, other kernels)
 INSTALL = 'pip install "recurrent-toolkit[export]"'
-HEADS = ("tagging", "classification", "language_model")
 
 
 class ExportError(ToolkitError):
@@ -161,8 +160,8 @@ class ExportNet(nn.Module):
         super().__init__()
         self.task = model.task.eval()
         self.loops = loops  # TorchScript: the scripted time loops; None: scan (ONNX)
-        self.head = model.head
-        self.input_names = (["tokens", "shapes", "chars"] if self.head == "tagging" else ["tokens"]) + ["lengths"]
+        self.model = model  # not a submodule: its task is
+        self.input_names = list(model.export_inputs)
         self.state_names = [f"state_{n}" for n in self.task.rnn.state_names]
         self.output_names = ["logits", *(f"final_{n}" for n in self.task.rnn.state_names)]
 
@@ -174,10 +173,7 @@ class ExportNet(nn.Module):
         direction = scan_direction(rnn) if self.loops is None else script_direction(self.loops)
         run = lambda x, lengths, s: export_recurrent(rnn, x, lengths, s, direction)  # noqa: E731
         with carried_state(rnn, state, run=run) as carry:
-            if self.head == "language_model":
-                logits, _ = self.task(inputs["tokens"], inputs["lengths"])
-            else:
-                logits = self.task(inputs)
+            logits = self.model.export_logits(inputs)
         return (logits, *carry.final)
 
 
@@ -191,14 +187,13 @@ def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 
     lengths[0] = length
     pad = torch.arange(length)[None, :] >= lengths[:, None]  # (B, T)
     tokens = torch.randint(1, vocab, (batch, length), generator=g).masked_fill(pad, 0)
-    out = [tokens]
-    if net.head == "tagging":
-        from toolkit.data.text import SHAPES
+    from toolkit.data.text import SHAPES
 
-        out.append(torch.randint(1, len(SHAPES), (batch, length), generator=g).masked_fill(pad, 0))
-        chars = torch.randint(1, len(task.chars.itos), (batch, length, width), generator=g)
-        out.append(chars.masked_fill(pad[..., None], 0))
-    out.append(lengths)
+    make = {"tokens": lambda: tokens, "lengths": lambda: lengths,
+            "shapes": lambda: torch.randint(1, len(SHAPES), (batch, length), generator=g).masked_fill(pad, 0),
+            "chars": lambda: torch.randint(1, len(task.chars.itos), (batch, length, width),
+                                           generator=g).masked_fill(pad[..., None], 0)}
+    out = [make[name]() for name in net.input_names]
     rnn = task.rnn
     shape = (rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size)
     out += [torch.randn(shape, generator=g) * 0.1 for _ in rnn.state_names]
@@ -207,14 +202,8 @@ def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 
 
 def check_exportable(model) -> None:
     """Refuse, in one sentence, what this exporter cannot export with a dynamic length."""
-    if model.head not in HEADS:
-        raise ExportError(f"a {model.head} model cannot be exported: its decoding (beam search) runs in Python, "
-                          f"step by step; exportable heads: {', '.join(HEADS)}")
-    hp = model.task.hparams
-    if model.head == "tagging" and hp.get("char_filters", 0) > 0 and hp.get("char_encoder") == "lstm":
-        raise ExportError("a tagger with model.char_encoder=lstm cannot be exported: its character LSTM runs only "
-                          "the batch's real words (a data-dependent selection the exporters reject); "
-                          "train with model.char_encoder=cnn to export")
+    if reason := model.export_refusal():
+        raise ExportError(reason)
 
 
 def sidecar(model, net: ExportNet, fmt: str, file: str) -> dict:
@@ -240,29 +229,8 @@ def sidecar(model, net: ExportNet, fmt: str, file: str) -> dict:
                             "direction (direction 0: left to right, 1: right to left); zeros to start"},
         "cell": dict(task.hparams.cell),
     }
-    if model.head == "tagging":
-        out["shapes"] = list(text.SHAPES)
-        out["chars"] = list(task.chars.itos)
-        out["max_word_chars"] = _max_word_chars()
-        out["network_labels"] = list(task.tags)
-        out["decode"] = task.hparams.decode  # greedy: argmax per token; viterbi / crf: the best path with these
-        if task.crf is not None:
-            trans, start, end = (t.tolist() for t in task.crf.scores())  # -inf: a forbidden transition
-            out["crf"] = {"transitions": trans, "start": start, "end": end}
-        elif task.constraints is not None:
-            allowed, start, end = (t.tolist() for t in task.constraints)
-            out["viterbi"] = {"allowed": allowed, "start": start, "end": end}
-    if model.head == "classification":
-        out["pooling"] = task.hparams.pooling
-    if model.head == "language_model":
-        out["start_token"] = text.EOS
+    out.update(model.export_meta())
     return out
-
-
-def _max_word_chars() -> int:
-    from toolkit.data.tagging import MAX_WORD_CHARS
-
-    return MAX_WORD_CHARS
 
 
 TEXT_MODULE = "rtk_text.py"
@@ -341,10 +309,7 @@ def reference(model, inputs: tuple[Tensor, ...]) -> list[Tensor]:
     n = len(net.input_names)
     named = dict(zip(net.input_names, inputs[:n]))
     with torch.no_grad(), carried_state(model.task.rnn, tuple(inputs[n:])) as carry:
-        if model.head == "language_model":
-            logits, _ = model.task(named["tokens"], named["lengths"])
-        else:
-            logits = model.task(named)
+        logits = model.export_logits(named)
     return [logits, *carry.final]
 
 

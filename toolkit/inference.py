@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from toolkit.data.classification import collate_classification, encode_text
-from toolkit.data.tagging import collate_tagging, encode_tagging
-from toolkit.data.text import normalize, tokenize
+from toolkit.data.tagging import MAX_WORD_CHARS, collate_tagging, encode_tagging
+from toolkit.data.text import EOS, SHAPES, normalize, tokenize
 from toolkit.errors import ConfigError
 from toolkit.tasks.base import SequenceTask
 
@@ -85,6 +85,24 @@ class Model:
         (``Head.api``); the classes below override it with one forward per batch."""
         return [self.task.predict_lines(text) for text in texts]
 
+    # ---- what toolkit.export needs of a head (one place per head: these classes)
+    export_inputs: tuple[str, ...] = ()  # the network's inputs before the state; () when not exportable
+
+    def export_refusal(self) -> str | None:
+        """Why this model cannot be exported, in one sentence; None when it can."""
+        if not self.export_inputs:
+            return (f"a {self.head} model cannot be exported: its head declares no export inputs "
+                    "(toolkit/inference.py)")
+        return None
+
+    def export_logits(self, inputs: dict) -> Tensor:
+        """The head's own forward on the export's named inputs."""
+        return self.task(inputs)
+
+    def export_meta(self) -> dict:
+        """What the head adds to the export's JSON sidecar."""
+        return {}
+
     def stream(self):
         """A :class:`toolkit.stream.Stream` over this model (unidirectional models only)."""
         from toolkit.stream import Stream
@@ -143,6 +161,29 @@ class Tagger(Model):
     def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
         return [[f"{tok}\t{tag}" for tok, tag in pairs] for pairs in self.predict(texts, batch_size)]
 
+    export_inputs = ("tokens", "shapes", "chars", "lengths")
+
+    def export_refusal(self) -> str | None:
+        hp = self.task.hparams
+        if hp.get("char_filters", 0) > 0 and hp.get("char_encoder") == "lstm":
+            return ("a tagger with model.char_encoder=lstm cannot be exported: its character LSTM runs only "
+                    "the batch's real words (a data-dependent selection the exporters reject); "
+                    "train with model.char_encoder=cnn to export")
+        return None
+
+    def export_meta(self) -> dict:
+        task = self.task
+        out = {"shapes": list(SHAPES), "chars": list(task.chars.itos), "max_word_chars": MAX_WORD_CHARS,
+               "network_labels": list(task.tags),
+               "decode": task.hparams.decode}  # greedy: argmax per token; viterbi / crf: the best path with these
+        if task.crf is not None:
+            trans, start, end = (t.tolist() for t in task.crf.scores())  # -inf: a forbidden transition
+            out["crf"] = {"transitions": trans, "start": start, "end": end}
+        elif task.constraints is not None:
+            allowed, start, end = (t.tolist() for t in task.constraints)
+            out["viterbi"] = {"allowed": allowed, "start": start, "end": end}
+        return out
+
 
 class Classifier(Model):
     """One label per sequence (``sentiment``, ``peptides``, ``classification``)."""
@@ -173,6 +214,11 @@ class Classifier(Model):
     def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
         probs = self.predict_proba(texts, batch_size)
         return [[f"{self.labels[int(p.argmax())]}\t{float(p.max()):.4f}\t{text}"] for p, text in zip(probs, texts)]
+
+    export_inputs = ("tokens", "lengths")
+
+    def export_meta(self) -> dict:
+        return {"pooling": self.task.hparams.pooling}
 
 
 class LanguageModel(Model):
@@ -223,6 +269,15 @@ class LanguageModel(Model):
     def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
         return [[f"{s['total']:.4f}\t{s['perplexity']:.2f}\t{text}"] for s, text in zip(self.score(texts, batch_size), texts)]
 
+    export_inputs = ("tokens", "lengths")
+
+    def export_logits(self, inputs: dict) -> Tensor:
+        logits, _ = self.task(inputs["tokens"], inputs["lengths"])
+        return logits
+
+    def export_meta(self) -> dict:
+        return {"start_token": EOS}  # read first, as score does
+
 
 class Transducer(Model):
     """Encoder-decoder (``g2p``, ``seq2seq``): a source string -> target tokens, by beam search."""
@@ -252,3 +307,6 @@ class Transducer(Model):
     def stream(self):
         raise ConfigError("an encoder-decoder cannot stream: it reads the whole source before it writes "
                           "the first target token")
+
+    def export_refusal(self) -> str | None:
+        return "a seq2seq model cannot be exported: its decoding (beam search) runs in Python, step by step"
