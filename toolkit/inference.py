@@ -107,7 +107,20 @@ class Model:
         """A :class:`toolkit.stream.Stream` over this model (unidirectional models only)."""
         from toolkit.stream import Stream
 
+        if type(self).stream_step is Model.stream_step:
+            raise ConfigError(f"a {self.head} model cannot stream: its head declares no stream step "
+                              "(toolkit/inference.py)")
         return Stream(self)
+
+    def stream_step(self, stream, tokens: list[str]):
+        """The head's outputs for ``tokens``, the next steps of ``stream`` (whose state the encoder
+        starts from): a :class:`toolkit.stream.Step`."""
+        raise NotImplementedError
+
+    def _step(self, tokens: list[str], logits: Tensor):
+        from toolkit.stream import Step
+
+        return Step(tokens=tokens, probs=logits.softmax(-1).cpu().numpy(), logits=logits.cpu().numpy())
 
 
 class Tagger(Model):
@@ -160,6 +173,20 @@ class Tagger(Model):
 
     def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
         return [[f"{tok}\t{tag}" for tok, tag in pairs] for pairs in self.predict(texts, batch_size)]
+
+    def stream_step(self, stream, tokens: list[str]):
+        """Scores of the new tokens; the tags of every token so far, decoded over the whole prefix."""
+        task = self.task
+        item = encode_tagging(tokens, task.vocab, self.spec["normalize"], task.chars)
+        logits = task(self._to_device(collate_tagging([item])))[0]  # (n, K)
+        step = self._step(tokens, logits)
+        every = torch.cat([*stream.memory.get("emissions", []), logits])[None]  # (1, steps so far, K)
+        stream.memory["emissions"] = [every[0]]
+        lengths = torch.tensor([every.size(1)], device=self.device)
+        step.tags = [self.labels[i] for i in task.decode(every, lengths)[0]]
+        if task.crf is not None:  # marginals given the prefix read so far
+            step.probs = self._marginals(every, lengths)[0, -len(tokens):].cpu().numpy()
+        return step
 
     export_inputs = ("tokens", "shapes", "chars", "lengths")
 
@@ -215,6 +242,33 @@ class Classifier(Model):
         probs = self.predict_proba(texts, batch_size)
         return [[f"{self.labels[int(p.argmax())]}\t{float(p.max()):.4f}\t{text}"] for p, text in zip(probs, texts)]
 
+    def stream_step(self, stream, tokens: list[str]):
+        """Class probabilities after each new token, pooled over everything read so far."""
+        task = self.task
+        item = {"tokens": task.vocab.encode(normalize(t, self.spec["normalize"]) for t in tokens)}
+        y = task.encode(self._to_device(collate_classification([item])))[0]  # (n, H)
+        step = self._step(tokens, task.out(self._running_pool(stream, y)))  # (n, K)
+        step.label = self.labels[int(step.probs[-1].argmax())]
+        return step
+
+    def _running_pool(self, stream, y: Tensor) -> Tensor:
+        """(n, H) outputs of the new steps -> (n, H) pooled (as ``model.pooling``) over every step read
+        up to each one; the running sum or max is kept in the stream."""
+        pooling = self.task.hparams.pooling
+        if pooling == "last":
+            return y
+        before = stream.memory.get("pool")
+        if pooling == "max":
+            run = y.cummax(0).values
+            run = run if before is None else torch.maximum(run, before)
+        else:  # mean: the running sum over the running count
+            run = y.cumsum(0) if before is None else y.cumsum(0) + before
+        stream.memory["pool"] = run[-1]
+        if pooling == "max":
+            return run
+        count = torch.arange(stream.steps + 1, stream.steps + y.size(0) + 1, device=y.device, dtype=y.dtype)
+        return run / count[:, None]
+
     export_inputs = ("tokens", "lengths")
 
     def export_meta(self) -> dict:
@@ -268,6 +322,14 @@ class LanguageModel(Model):
 
     def lines(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> list[list[str]]:
         return [[f"{s['total']:.4f}\t{s['perplexity']:.2f}\t{text}"] for s, text in zip(self.score(texts, batch_size), texts)]
+
+    def stream_step(self, stream, tokens: list[str]):
+        """The next-token distribution after each step; the first call reads <eos> first, as score does."""
+        ids = self.task.vocab.encode(tokens)
+        if not stream.steps:
+            tokens, ids = [EOS, *tokens], [self.task.eos, *ids]
+        logits, _ = self.task(torch.tensor([ids], device=self.device))
+        return self._step(tokens, logits[0])  # (n, V)
 
     export_inputs = ("tokens", "lengths")
 

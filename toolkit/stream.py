@@ -32,10 +32,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from toolkit.data.lm import encode_lm
-from toolkit.data.classification import collate_classification
-from toolkit.data.tagging import collate_tagging, encode_tagging
-from toolkit.data.text import EOS, normalize
 from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent
 
@@ -83,31 +79,27 @@ class Step:
 
 class Stream:
     """Feed a unidirectional model piece by piece; ``state`` holds the recurrent state
-    (a tuple of (num_layers, 1, hidden_size) tensors, one per ``state_names``)."""
+    (a tuple of (num_layers, 1, hidden_size) tensors, one per ``state_names``).
+
+    What a step computes is the head's (``stream_step`` of its class in
+    ``toolkit.inference``); this class carries the state and what the head keeps
+    between steps (``memory``)."""
 
     def __init__(self, model):
-        task = model.task
-        if task.rnn.bidirectional:
+        if model.task.rnn.bidirectional:
             raise ConfigError("a bidirectional model cannot stream: its reverse direction starts at the last "
                               "token, which a stream has not read yet (train with direction=uni to stream)")
-        if model.head not in ("tagging", "classification", "language_model"):
-            raise ConfigError(f"a {model.head} model cannot stream")
-        self.model, self.task = model, task
+        self.model, self.task = model, model.task
         self.reset()
 
     def reset(self) -> None:
         """Start a new sequence: zero state, nothing read."""
         self.state: tuple[Tensor, ...] | None = None
         self.steps = 0
-        self._emissions: list[Tensor] = []  # tagging: every token's scores so far
-        self._tokens: list[str] = []
-        self._pool: Tensor | None = None  # classification: running sum (mean) or max
+        self.memory: dict = {}  # the head's own running values (a tagger's scores so far, a running pool)
 
     def _tokens_of(self, chunk: str | Sequence[str]) -> list[str]:
-        if isinstance(chunk, str):
-            toks = self.model.tokens(chunk)
-        else:
-            toks = list(chunk)
+        toks = self.model.tokens(chunk) if isinstance(chunk, str) else list(chunk)
         if not toks:
             raise ConfigError(f"stream: the chunk {chunk!r} has no tokens for this model's tokenizer "
                               f"({self.model.spec['tokenizer']})")
@@ -117,58 +109,8 @@ class Stream:
     def feed(self, chunk: str | Sequence[str]) -> Step:
         """Read ``chunk`` (text, or a list of tokens) and return the outputs of its steps."""
         toks = self._tokens_of(chunk)
-        head = self.model.head
-        task, device = self.task, self.model.device
-        with carried_state(task.rnn, self.state) as carry:
-            if head == "tagging":
-                item = encode_tagging(toks, task.vocab, self.model.spec["normalize"], task.chars)
-                batch = {k: v.to(device) for k, v in collate_tagging([item]).items()}
-                logits = task(batch)[0]  # (n, K)
-            elif head == "classification":
-                item = {"tokens": task.vocab.encode(normalize(t, self.model.spec["normalize"]) for t in toks)}
-                batch = {k: v.to(device) for k, v in collate_classification([item]).items()}
-                y = task.encode(batch)[0]  # (n, H)
-                logits = task.out(self._pooled(y))  # (n, K)
-            else:
-                ids = encode_lm(toks, [], task.vocab)["tokens"]  # <eos> first, as score reads it
-                if self.steps:
-                    ids = ids[1:]
-                else:
-                    toks = [EOS, *toks]
-                logits, _ = task(torch.tensor([ids], device=device))
-                logits = logits[0]  # (n, V)
+        with carried_state(self.task.rnn, self.state) as carry:
+            step = self.model.stream_step(self, toks)
         self.state = carry.final
-        self.steps += len(toks)
-        probs = logits.softmax(-1)
-        step = Step(tokens=toks, probs=probs.cpu().numpy(), logits=logits.cpu().numpy())
-        if head == "tagging":
-            self._emissions.append(logits)
-            self._tokens += toks
-            every = torch.cat(self._emissions)[None]  # (1, steps, K)
-            path = task.decode(every, torch.tensor([every.size(1)], device=device))[0]
-            step.tags = [self.model.labels[i] for i in path]
-            if task.crf is not None:
-                step.probs = self.model._marginals(every, torch.tensor([every.size(1)], device=device))[
-                    0, -len(toks):].cpu().numpy()
-        elif head == "classification":
-            step.label = self.model.labels[int(step.probs[-1].argmax())]
+        self.steps += len(step.tokens)
         return step
-
-    def _pooled(self, y: Tensor) -> Tensor:
-        """(n, H) outputs of the new steps -> (n, H) pooled over everything read up to each step."""
-        pooling = self.task.hparams.pooling
-        if pooling == "last":
-            return y
-        if pooling == "max":
-            run = y.cummax(0).values
-            if self._pool is not None:
-                run = torch.maximum(run, self._pool)
-            self._pool = run[-1]
-            return run
-        run = y.cumsum(0)  # mean: the running sum over the running count
-        if self._pool is not None:
-            run = run + self._pool
-        self._pool = run[-1]
-        count = torch.arange(self.steps + 1, self.steps + y.size(0) + 1, device=y.device, dtype=y.dtype)
-        return run / count[:, None]
-
