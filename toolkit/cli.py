@@ -59,7 +59,7 @@ def parse_pairs(args: list[str], accepted: dict[str, bool], command: str) -> dic
 
 
 def cmd_plugins(args: list[str]) -> int:
-    from toolkit.cells import describe_cells
+    from toolkit.cells import describe_cells  # torch: only for this command (rtk --help stays instant)
 
     parse_pairs(args, {}, "plugins")
     rows = describe_cells()
@@ -158,7 +158,7 @@ def cmd_generate(args: list[str]) -> int:
     out = Path(opts["out"][0]) if "out" in opts else None
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"rtk generate: out={out}: the folder {out.parent} does not exist")
-    from toolkit.checkpoints import load_task
+    from toolkit.checkpoints import load_task  # torch and Lightning: only once the arguments are good
 
     model = load_task(opts["ckpt"][0], expect="language_model")
     prompt = model.text_tokens(opts["prompt"][0]) if "prompt" in opts else None
@@ -172,7 +172,7 @@ def cmd_generate(args: list[str]) -> int:
     for s in samples:
         print(model.join(s))
     if out is not None:
-        from toolkit.data.music import write_midi
+        from toolkit.data.music import write_midi  # only for music; music21 loads there
 
         written = []
         for i, s in enumerate(samples):
@@ -188,7 +188,7 @@ def cmd_score(args: list[str]) -> int:
     if "ckpt" not in opts:
         raise ConfigError("rtk score: ckpt=<path to a language model's .ckpt> is required")
     texts = _texts(opts, "score")
-    from toolkit.checkpoints import load_task
+    from toolkit.checkpoints import load_task  # torch and Lightning: only once the arguments are good
 
     model = load_task(opts["ckpt"][0], expect="language_model")
     scored = []
@@ -210,7 +210,7 @@ def cmd_score(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from toolkit.report import write_report
+    from toolkit.report import write_report  # only for this command
 
     positional = [a for a in args if "=" not in a]
     opts = parse_pairs([a for a in args if "=" in a], {"dir": False, "out": False}, "report")
@@ -239,8 +239,8 @@ def _diagnose_whole(opts: dict, key: str, default: int, least: int) -> int:
 def cmd_diagnose(args: list[str]) -> int:
     """``rtk diagnose [cells=rnn,gru,lstm] [length=100] [hidden_size=64] [steps=200] [seed=0] [lr=0.01]
     [out=gradients.png]``"""
-    from toolkit.cells import available_cells  # torch and the measurement: only for this command
-    from toolkit.diagnose import diagnose
+    from toolkit.cells import available_cells  # torch: only for this command
+    from toolkit.diagnose import diagnose  # torch and Lightning: only for this command
 
     keys = ("cells", "length", "hidden_size", "steps", "seed", "lr", "out")
     opts = parse_pairs(args, dict.fromkeys(keys, False), "diagnose")
