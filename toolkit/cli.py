@@ -216,6 +216,7 @@ def cmd_export(args: list[str]) -> int:
         ".onnx" if fmt == "onnx" else ".pt")
     if not out.parent.is_dir():
         raise ConfigError(f"rtk export: out={out}: the folder {out.parent} does not exist")
+    # torch, Lightning and the exporters: only once the arguments are good
     from toolkit.api import load
     from toolkit.export import FORMATS, export, require_onnx
 

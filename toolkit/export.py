@@ -41,6 +41,8 @@ from torch import Tensor, nn
 from torch._higher_order_ops import scan
 
 from toolkit import __version__
+from toolkit.data import classification, tagging, text
+from toolkit.data.text import SHAPES
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layers import Recurrent
 from toolkit.stream import carried_state
@@ -187,8 +189,6 @@ def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 
     lengths[0] = length
     pad = torch.arange(length)[None, :] >= lengths[:, None]  # (B, T)
     tokens = torch.randint(1, vocab, (batch, length), generator=g).masked_fill(pad, 0)
-    from toolkit.data.text import SHAPES
-
     make = {"tokens": lambda: tokens, "lengths": lambda: lengths,
             "shapes": lambda: torch.randint(1, len(SHAPES), (batch, length), generator=g).masked_fill(pad, 0),
             "chars": lambda: torch.randint(1, len(task.chars.itos), (batch, length, width),
@@ -208,8 +208,6 @@ def check_exportable(model) -> None:
 
 def sidecar(model, net: ExportNet, fmt: str, file: str) -> dict:
     """The JSON written beside the network: what a server needs to encode text and read outputs."""
-    from toolkit.data import text
-
     task, spec = model.task, model.spec
     rnn = task.rnn
     tok = spec["tokenizer"]
@@ -240,8 +238,6 @@ def text_module_source() -> str:
     """``rtk_text.py``, written beside every export: the toolkit's own tokenizers, normaliser,
     token shapes, vocabulary and encoders (their source, copied at export time, so a server
     encodes text exactly as training did), needing only Python's standard library."""
-    from toolkit.data import classification, tagging, text
-
     from_text = [text.tokenize, text.normalize, text.shape, text.Vocab]
     from_modules = [tagging.encode_tagging, classification.encode_text]
     return "\n\n".join([
@@ -316,7 +312,7 @@ def reference(model, inputs: tuple[Tensor, ...]) -> list[Tensor]:
 def run_exported(path: Path, fmt: str, inputs: tuple[Tensor, ...]) -> list[np.ndarray]:
     """Run a written network: onnxruntime (ONNX) or ``torch.jit.load`` (TorchScript)."""
     if fmt == "onnx":
-        import onnxruntime
+        import onnxruntime  # an optional dependency (the export extra): only for ONNX
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]

@@ -21,6 +21,7 @@ from toolkit.data.classification import collate_classification, encode_text
 from toolkit.data.tagging import MAX_WORD_CHARS, collate_tagging, encode_tagging
 from toolkit.data.text import EOS, SHAPES, normalize, tokenize
 from toolkit.errors import ConfigError
+from toolkit.stream import Step, Stream
 from toolkit.tasks.base import SequenceTask
 
 BATCH_SIZE = 256  # items per forward: large enough to amortise the per-call cost, small enough for any CPU
@@ -105,8 +106,6 @@ class Model:
 
     def stream(self):
         """A :class:`toolkit.stream.Stream` over this model (unidirectional models only)."""
-        from toolkit.stream import Stream
-
         if type(self).stream_step is Model.stream_step:
             raise ConfigError(f"a {self.head} model cannot stream: its head declares no stream step "
                               "(toolkit/inference.py)")
@@ -117,9 +116,7 @@ class Model:
         starts from): a :class:`toolkit.stream.Step`."""
         raise NotImplementedError
 
-    def _step(self, tokens: list[str], logits: Tensor):
-        from toolkit.stream import Step
-
+    def _step(self, tokens: list[str], logits: Tensor) -> Step:
         return Step(tokens=tokens, probs=logits.softmax(-1).cpu().numpy(), logits=logits.cpu().numpy())
 
 
