@@ -34,7 +34,7 @@ def test_unknown_command_exits_2_and_lists_the_commands(rtk):
     r = rtk("trian")
     assert r.returncode == 2, r.explain()
     assert one_error_line(r) == ("error: unknown command 'trian'; commands: train, predict, generate, score, plugins, "
-                                 "report, diagnose")
+                                 "report, diagnose, export")
 
 
 def test_plugins_lists_the_builtin_cells_with_distribution_and_backends(rtk):
