@@ -80,3 +80,14 @@ def test_adaptive_cutoffs_beyond_the_vocabulary_are_one_sentence_exit_2(rtk, tmp
     assert r.returncode == 2, r.explain()
     assert "model.adaptive_cutoffs=[50, 10000000] must be whole numbers that increase strictly" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_softmax_is_reported_with_the_other_problems_before_any_data_loads(rtk, tmp_path):
+    r = rtk("train", "task=word_lm", "model.softmax=sampled", "model.lr=-1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2, r.explain()
+    assert "model.softmax='sampled' must be full or adaptive" in r.stderr and "model.lr=-1" in r.stderr
+    r = rtk("train", "task=word_lm", "model.softmax=adaptive", "model.adaptive_cutoffs=[300,100]",
+            f"hydra.run.dir={tmp_path / 'run2'}")
+    assert r.returncode == 2, r.explain()
+    assert "model.adaptive_cutoffs=[300, 100] must be whole numbers that increase strictly" in r.stderr

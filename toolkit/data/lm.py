@@ -1,4 +1,4 @@
-"""Data for language models: next-token prediction over text (or note) sequences.
+"""Data for the language_model head: next-token prediction over text (or note) sequences.
 
 Two ways to batch, chosen by ``tbptt_steps``:
 
@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from toolkit.data.modules import _pad, _rank_and_world, _SplitDataModule
+from toolkit.data import readers
+from toolkit.data.base import SplitDataModule, pad, rank_and_world
 from toolkit.data.text import EOS, PAD, UNK, Vocab, normalize, tokenize
-from toolkit.errors import ConfigError, DataError
+from toolkit.errors import ConfigError, DataError, whole_number_problem
 
 
 def encode_lm(tokens: list[str], condition: list[str], vocab: Vocab) -> dict:
@@ -33,8 +34,8 @@ def encode_lm(tokens: list[str], condition: list[str], vocab: Vocab) -> dict:
 
 
 def collate_lm(items: list[dict]) -> dict:
-    return {"tokens": _pad([it["tokens"] for it in items], 0),
-            "targets": _pad([it["targets"] for it in items], -100),
+    return {"tokens": pad([it["tokens"] for it in items], 0),
+            "targets": pad([it["targets"] for it in items], -100),
             "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long)}
 
 
@@ -55,18 +56,18 @@ class StreamOrder(Sampler[int]):
         return self.n
 
 
-class LanguageModelDataModule(_SplitDataModule):
+class LanguageModelDataModule(SplitDataModule):
     """Examples are {"text"} (tokenised with ``tokenizer``) or pre-tokenised {"tokens", "condition"}."""
 
-    kind = "lm"
+    kind = "language_model"
+    read = staticmethod(readers.read_lines)
     collate = staticmethod(collate_lm)
 
     def __init__(self, *, tbptt_steps: int | None = None, tokenizer: str = "words",
                  normalize: str = "lower", **kw):
         super().__init__(tokenizer=tokenizer, normalize=normalize, **kw)
-        if tbptt_steps is not None and (isinstance(tbptt_steps, bool) or not isinstance(tbptt_steps, int)
-                                        or tbptt_steps < 2):
-            raise ConfigError(f"model.tbptt_steps={tbptt_steps!r} must be a whole number of at least 2, or null")
+        if problem := whole_number_problem("model.tbptt_steps", tbptt_steps, least=2, null=True):
+            raise ConfigError(problem)
         self.tbptt_steps = tbptt_steps
         self.conditions: list[str] = []
 
@@ -124,7 +125,7 @@ class LanguageModelDataModule(_SplitDataModule):
 
     def stream_batches(self, stream: list[int], rows: int) -> list[dict]:
         """This rank's chunks of ``rows`` parallel rows, ``tbptt_steps`` columns each, in order."""
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         ids = torch.tensor(stream, dtype=torch.long)
         width = (len(ids) - 1) // (rows * world)
         if width < 1:

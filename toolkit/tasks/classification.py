@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from toolkit.data.modules import collate_classification, encode_text
+from toolkit.data.classification import collate_classification, encode_text
 from toolkit.errors import ConfigError
-from toolkit.tasks.base import SequenceTask
+from toolkit.layers import length_mask
+from toolkit.tasks.base import SequenceTask, defaults
 
 POOLING = ("last", "mean", "max")
 
@@ -20,8 +21,6 @@ class ClassificationTask(SequenceTask):
     head = "classification"
 
     def __init__(self, *args, pooling: str = "last", **kw):
-        if pooling not in POOLING:
-            raise ConfigError(f"model.pooling={pooling!r} is not one of: {', '.join(POOLING)}")
         super().__init__(*args, pooling=pooling, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
         n = len(self.labels)
@@ -31,15 +30,26 @@ class ClassificationTask(SequenceTask):
             for name, metric in (("acc", MulticlassAccuracy), ("f1", MulticlassF1Score))
         })
 
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        out = super().problems(hp)
+        pooling = (defaults(ClassificationTask.__init__) | hp)["pooling"]
+        if pooling not in POOLING:
+            out.append(f"model.pooling={pooling!r} is not one of: {', '.join(POOLING)}")
+        return out
+
     def pool(self, y: Tensor, lengths: Tensor) -> Tensor:
         """(B, T, H*D) -> (B, H*D) over each sequence's own steps."""
-        mask = (torch.arange(y.size(1), device=y.device)[None, :] < lengths.to(y.device)[:, None])  # (B, T)
+        mask = length_mask(lengths.to(y.device), y.size(1))  # (B, T)
         if self.hparams.pooling == "mean":
             return y.sum(1) / lengths.to(y)[:, None]
         if self.hparams.pooling == "max":
             return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
-        # last: the forward direction's state after the last real token, and (if
-        # bidirectional) the reverse direction's state after reading back to token 0.
+        return self.last(y, lengths)
+
+    def last(self, y: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, H*D) -> (B, H*D): the forward direction's state after the last real token, and
+        (if bidirectional) the reverse direction's state after reading back to token 0."""
         h = self.hparams.hidden_size
         last = y[torch.arange(y.size(0), device=y.device), lengths.to(y.device) - 1]  # (B, H*D)
         if self.rnn.num_directions == 1:
@@ -100,3 +110,10 @@ class ClassificationTask(SequenceTask):
             label, prob = self.predict_text(ex["text"])
             rows.append([ex["text"], ex["label"], label, round(prob, 4)])
         return ["text", "gold", "predicted", "probability"], rows
+
+
+def last_step_loss(model: ClassificationTask, batch: dict) -> Tensor:
+    """The gradient diagnostic's loss: the head's 'last' pooling whatever ``model.pooling`` says
+    (the loss reads only the last step), summed over the batch."""
+    y = model.encode(batch)  # (B, T, H * D)
+    return F.cross_entropy(model.out(model.last(y, batch["lengths"])), batch["labels"], reduction="sum")

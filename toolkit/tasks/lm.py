@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,8 @@ from torchmetrics import MeanMetric
 
 from toolkit.data.lm import collate_lm, encode_lm
 from toolkit.data.text import EOS, PAD, UNK, UNK_ID, normalize, tokenize
-from toolkit.errors import ConfigError
-from toolkit.tasks.base import SequenceTask
+from toolkit.errors import ConfigError, whole_number_problem
+from toolkit.tasks.base import SequenceTask, defaults
 from toolkit.tasks.softmax import AdaptiveSoftmax
 
 NEW_TEXT_JOIN = {"chars": "", "chars_with_spaces": ""}
@@ -35,35 +36,21 @@ class LanguageModelTask(SequenceTask):
     """Embedding -> Recurrent (unidirectional) -> dropout -> softmax over the vocabulary."""
 
     head = "language_model"
+    causal = True
     clip_hint = "set trainer.gradient_clip_val"
 
     def __init__(self, *args, tbptt_steps: int | None = None, clip_grad_norm: float | None = None,
                  tie_weights: bool = False, samples: int = 10, temperature: float = 0.8,
                  activation_reg: float = 0.0, temporal_activation_reg: float = 0.0, softmax: str = "full",
                  adaptive_cutoffs: list[int] | None = None, **kw):
-        if kw.get("direction", "uni") != "uni":
-            raise ConfigError("a language model must not see the tokens it predicts, so it can only be "
-                              "unidirectional (direction=uni)")
-        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool)
-                                           or not isinstance(clip_grad_norm, (int, float)) or clip_grad_norm <= 0):
-            raise ConfigError(f"model.clip_grad_norm={clip_grad_norm!r} must be a positive number, or null")
-        for key, value in (("activation_reg", activation_reg), ("temporal_activation_reg", temporal_activation_reg)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"model.{key}={value!r} must be a number of at least 0")
-        if softmax not in ("full", "adaptive"):
-            raise ConfigError(f"model.softmax={softmax!r} must be full or adaptive")
         super().__init__(*args, tbptt_steps=tbptt_steps, clip_grad_norm=clip_grad_norm,
                          tie_weights=tie_weights, samples=samples, temperature=temperature,
                          activation_reg=activation_reg, temporal_activation_reg=temporal_activation_reg,
                          softmax=softmax, adaptive_cutoffs=adaptive_cutoffs, **kw)
-        if tie_weights and self.hparams.embedding_dim != self.hparams.hidden_size:
-            raise ConfigError(f"model.tie_weights=true needs model.embedding_dim "
-                              f"({self.hparams.embedding_dim}) equal to hidden_size ({self.hparams.hidden_size})")
         if softmax == "adaptive":
-            cutoffs = list(adaptive_cutoffs or [])
-            if (not cutoffs or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs)
-                    or any(b <= a for a, b in zip([0, *cutoffs], [*cutoffs, len(self.vocab)]))):
-                raise ConfigError(f"model.adaptive_cutoffs={adaptive_cutoffs!r} must be whole numbers that increase "
+            cutoffs = list(adaptive_cutoffs)
+            if cutoffs[-1] >= len(self.vocab):  # the vocabulary is known only now
+                raise ConfigError(f"model.adaptive_cutoffs={cutoffs!r} must be whole numbers that increase "
                                   f"strictly between 0 and the vocabulary size ({len(self.vocab)})")
             self.out = AdaptiveSoftmax(self.rnn.output_size, len(self.vocab), cutoffs,
                                        tied=self.embed if tie_weights else None)
@@ -77,6 +64,33 @@ class LanguageModelTask(SequenceTask):
         self.nll = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._carry: dict[str, tuple | None] = {"train": None, "val": None, "test": None}
         self.activation_penalty: Tensor | float = 0.0  # AR / TAR of the last training forward
+
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        out = super().problems(hp)
+        hp = defaults(SequenceTask.__init__) | defaults(LanguageModelTask.__init__) | hp
+        if problem := whole_number_problem("model.tbptt_steps", hp["tbptt_steps"], least=2, null=True):
+            out.append(problem)
+        clip = hp["clip_grad_norm"]
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+            out.append(f"model.clip_grad_norm={clip!r} must be a positive number, or null")
+        for key in ("activation_reg", "temporal_activation_reg"):
+            value = hp[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                out.append(f"model.{key}={value!r} must be a number of at least 0")
+        if hp["softmax"] not in ("full", "adaptive"):
+            out.append(f"model.softmax={hp['softmax']!r} must be full or adaptive")
+        elif hp["softmax"] == "adaptive":
+            cutoffs = hp["adaptive_cutoffs"]
+            if (not isinstance(cutoffs, Sequence) or isinstance(cutoffs, str) or not cutoffs
+                    or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs)
+                    or any(b <= a for a, b in zip([0, *cutoffs], cutoffs))):
+                out.append(f"model.adaptive_cutoffs={cutoffs!r} must be whole numbers that increase strictly "
+                           "between 0 and the vocabulary size")
+        if hp["tie_weights"] and hp["embedding_dim"] != hp["hidden_size"]:
+            out.append(f"model.tie_weights=true needs model.embedding_dim ({hp['embedding_dim']}) "
+                       f"equal to hidden_size ({hp['hidden_size']})")
+        return out
 
     # ----------------------------------------------------------------- model
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, state=None) -> tuple[Tensor, tuple]:
@@ -320,3 +334,15 @@ class LanguageModelTask(SequenceTask):
     def sample_table(self, examples) -> tuple[list[str], list[list]]:
         samples = self.sample(min(len(examples), 20), temperature=self.hparams.temperature, seed=0, max_len=60)
         return ["sample"], [[self.join(s)] for s in samples]
+
+
+def last_step_loss(model: LanguageModelTask, batch: dict) -> Tensor:
+    """The gradient diagnostic's loss: the next-token loss at each sequence's last real step, from a
+    zero state, summed over the batch."""
+    lengths = batch.get("lengths")  # a truncated-BPTT chunk has none: every stream is full length
+    logits, _ = model(batch["tokens"], lengths)  # (B, T, V), from a zero state
+    rows = torch.arange(logits.size(0), device=logits.device)
+    last = (lengths.to(logits.device) - 1 if lengths is not None
+            else torch.full_like(rows, logits.size(1) - 1))
+    return F.cross_entropy(logits[rows, last], batch["targets"][rows, last], reduction="sum",
+                           ignore_index=-100)
