@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 SECTIONS = ("layer overhead", "custom cells", "throughput vs the machine", "end to end",
-            "padding", "long sequences")
+            "padding", "long sequences", "language-model softmax")
 
 
 @dataclass
@@ -92,6 +92,10 @@ INTRO = {
                "batches (ratio = bucketed tokens/s / unbucketed tokens/s).",
     "long sequences": "minGRU (plugin `rtk-mingru`, `backend=sequence`: the log-space scan) vs the fused `nn.GRU`. "
                       "Ratio = minGRU time / `nn.GRU` time (below 1: the scan wins). Issue 5 sets no target here.",
+    "language-model softmax": "`word_lm` training steps (forward, backward, Adam) on the same KJV batches with the "
+                              "full softmax and with `model.softmax=adaptive`. Ratio = full time / adaptive time "
+                              "(above 1: the adaptive softmax is faster). No target: a speed the perplexity must "
+                              "pay for (docs/learning.md).",
 }
 
 
@@ -147,7 +151,8 @@ def replace_marked(text: str, body: str) -> str:
 
 
 SHORT = {"layer overhead": "layer", "custom cells": "cell", "throughput vs the machine": "GFLOP/s",
-         "end to end": "e2e", "padding": "padding", "long sequences": "long"}
+         "end to end": "e2e", "padding": "padding", "long sequences": "long",
+         "language-model softmax": "lm softmax"}
 
 
 def plot(rows: list[Row], path: Path) -> None:
