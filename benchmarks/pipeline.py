@@ -188,3 +188,37 @@ def padding(tasks: list[str], repeats: int, overrides: list[str] = (), limit_bat
                         f"({t['bucketed']:.2f} vs {t['unbucketed']:.2f} s per epoch)",
                         speed["bucketed"] / speed["unbucketed"]))
     return rows
+
+
+# ----------------------------------------------------------------------------- language-model softmax
+def lm_softmax(repeats: int, overrides: list[str] = (), limit_batches: int | None = 20) -> list[Row]:
+    """``word_lm`` training steps (forward, backward, Adam) with the full softmax and with
+    ``model.softmax=adaptive`` (its default cutoffs), the same batches, side by side."""
+    models, batches = {}, None
+    for softmax in ("full", "adaptive"):
+        cfg = compose("word_lm", [f"model.softmax={softmax}", *overrides])
+        dm, model = build(cfg)
+        model.train()
+        models[softmax] = model
+        if batches is None:
+            batches = list(itertools.islice(dm.train_dataloader(), limit_batches))
+    tokens = sum(int((b["targets"] != -100).sum()) for b in batches)
+
+    def epoch(model):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def run():
+            model._carry["train"] = None
+            for batch in batches:
+                opt.zero_grad(set_to_none=True)
+                model._loss(batch, "train")[0].backward()
+                opt.step()
+        return run
+
+    t = compare({name: epoch(m) for name, m in models.items()}, repeats, warmup=1)
+    vocab = len(models["full"].vocab)
+    cutoffs = models["adaptive"].hparams.adaptive_cutoffs
+    return [Row("language-model softmax", f"word_lm training tokens/s, adaptive / full softmax (V={vocab})",
+                f"{tokens / t['adaptive']:,.0f} vs {tokens / t['full']:,.0f} tok/s over {len(batches)} batches "
+                f"({t['adaptive']:.2f} vs {t['full']:.2f} s); cutoffs {list(cutoffs)}",
+                t["full"] / t["adaptive"])]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 SECTIONS = ("layer overhead", "custom cells", "throughput vs the machine", "end to end",
-            "padding", "long sequences", "export")
+            "padding", "long sequences", "language-model softmax", "export")
 
 
 @dataclass
@@ -92,6 +92,10 @@ INTRO = {
                "batches (ratio = bucketed tokens/s / unbucketed tokens/s).",
     "long sequences": "minGRU (plugin `rtk-mingru`, `backend=sequence`: the log-space scan) vs the fused `nn.GRU`. "
                       "Ratio = minGRU time / `nn.GRU` time (below 1: the scan wins). Issue 5 sets no target here.",
+    "language-model softmax": "`word_lm` training steps (forward, backward, Adam) on the same KJV batches with the "
+                              "full softmax and with `model.softmax=adaptive`. Ratio = full time / adaptive time "
+                              "(above 1: the adaptive softmax is faster). No target: a speed the perplexity must "
+                              "pay for (docs/learning.md).",
     "export": "Inference latency of one model exported by `rtk export format=onnx` (a unidirectional LSTM "
               "classifier, hidden 128, embedding 100, 5,000 words) run by onnxruntime vs the same model in torch "
               "(the toolkit's own forward), on the same inputs, outputs checked equal (1e-4) first; onnxruntime "
@@ -152,7 +156,8 @@ def replace_marked(text: str, body: str) -> str:
 
 
 SHORT = {"layer overhead": "layer", "custom cells": "cell", "throughput vs the machine": "GFLOP/s",
-         "end to end": "e2e", "padding": "padding", "long sequences": "long", "export": "onnx"}
+         "end to end": "e2e", "padding": "padding", "long sequences": "long",
+         "language-model softmax": "lm softmax", "export": "onnx"}
 
 
 def plot(rows: list[Row], path: Path) -> None:

@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 # whole suite stays near 10 minutes on the 2-core machine the issue measured on.
 FULL = {"shape": kernels.Shape(), "repeats": 7, "warmup": 2, "matmul": 2048, "long": [256, 1024, 4096],
         "long_repeats": 3, "e2e_repeats": 3, "e2e_batches": None, "pad_repeats": 3, "pad_batches": None,
-        "overrides": [], "export_repeats": 50, "export": {}}
+        "lm_batches": 20, "overrides": [], "export_repeats": 50, "export": {}}
 QUICK = {"shape": kernels.Shape(T=6, B=3, I=8, H=8), "repeats": 1, "warmup": 0, "matmul": 64, "long": [16, 32],
          "long_repeats": 1, "e2e_repeats": 1, "e2e_batches": 2, "pad_repeats": 1, "pad_batches": 2,
-         "overrides": ["hidden_size=8", "model.embedding_dim=8"], "export_repeats": 2,
+         "lm_batches": 2, "overrides": ["hidden_size=8", "model.embedding_dim=8"], "export_repeats": 2,
          "export": {"hidden": 8, "embedding": 8, "vocab": 20, "length": 6}}
 
 
@@ -55,6 +55,7 @@ def run_suite(p: dict, only: list[str] | None = None, log=print) -> list[Row]:
         "end to end": lambda: pipeline.end_to_end(p["e2e_repeats"], p["overrides"], p["e2e_batches"]),
         "padding": lambda: pipeline.padding(["ner", "sentiment"], p["pad_repeats"], p["overrides"], p["pad_batches"]),
         "long sequences": lambda: kernels.long_sequences(s, p["long"], p["long_repeats"], 1),
+        "language-model softmax": lambda: pipeline.lm_softmax(p["e2e_repeats"], p["overrides"], p["lm_batches"]),
         "export": lambda: [] if export.missing() else export.latency(p["export_repeats"], 1, **p["export"]),
     }
     rows: list[Row] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from toolkit.data.lm import collate_lm, encode_lm
 from toolkit.data.text import EOS, PAD, UNK, UNK_ID, normalize, tokenize
 from toolkit.errors import ConfigError, whole_number_problem
 from toolkit.tasks.base import SequenceTask, defaults
+from toolkit.tasks.softmax import AdaptiveSoftmax
 
 NEW_TEXT_JOIN = {"chars": "", "chars_with_spaces": ""}
 
@@ -39,13 +41,23 @@ class LanguageModelTask(SequenceTask):
 
     def __init__(self, *args, tbptt_steps: int | None = None, clip_grad_norm: float | None = None,
                  tie_weights: bool = False, samples: int = 10, temperature: float = 0.8,
-                 activation_reg: float = 0.0, temporal_activation_reg: float = 0.0, **kw):
+                 activation_reg: float = 0.0, temporal_activation_reg: float = 0.0, softmax: str = "full",
+                 adaptive_cutoffs: list[int] | None = None, **kw):
         super().__init__(*args, tbptt_steps=tbptt_steps, clip_grad_norm=clip_grad_norm,
                          tie_weights=tie_weights, samples=samples, temperature=temperature,
-                         activation_reg=activation_reg, temporal_activation_reg=temporal_activation_reg, **kw)
-        self.out = nn.Linear(self.rnn.output_size, len(self.vocab))
-        if tie_weights:
-            self.out.weight = self.embed.weight
+                         activation_reg=activation_reg, temporal_activation_reg=temporal_activation_reg,
+                         softmax=softmax, adaptive_cutoffs=adaptive_cutoffs, **kw)
+        if softmax == "adaptive":
+            cutoffs = list(adaptive_cutoffs)
+            if cutoffs[-1] >= len(self.vocab):  # the vocabulary is known only now
+                raise ConfigError(f"model.adaptive_cutoffs={cutoffs!r} must be whole numbers that increase "
+                                  f"strictly between 0 and the vocabulary size ({len(self.vocab)})")
+            self.out = AdaptiveSoftmax(self.rnn.output_size, len(self.vocab), cutoffs,
+                                       tied=self.embed if tie_weights else None)
+        else:
+            self.out = nn.Linear(self.rnn.output_size, len(self.vocab))
+            if tie_weights:
+                self.out.weight = self.embed.weight
         self.automatic_optimization = tbptt_steps is None
         if tbptt_steps is not None:
             self.clip_hint = "set model.clip_grad_norm (truncated BPTT clips inside the model)"
@@ -66,6 +78,15 @@ class LanguageModelTask(SequenceTask):
             value = hp[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 out.append(f"model.{key}={value!r} must be a number of at least 0")
+        if hp["softmax"] not in ("full", "adaptive"):
+            out.append(f"model.softmax={hp['softmax']!r} must be full or adaptive")
+        elif hp["softmax"] == "adaptive":
+            cutoffs = hp["adaptive_cutoffs"]
+            if (not isinstance(cutoffs, Sequence) or isinstance(cutoffs, str) or not cutoffs
+                    or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs)
+                    or any(b <= a for a, b in zip([0, *cutoffs], cutoffs))):
+                out.append(f"model.adaptive_cutoffs={cutoffs!r} must be whole numbers that increase strictly "
+                           "between 0 and the vocabulary size")
         if hp["tie_weights"] and hp["embedding_dim"] != hp["hidden_size"]:
             out.append(f"model.tie_weights=true needs model.embedding_dim ({hp['embedding_dim']}) "
                        f"equal to hidden_size ({hp['hidden_size']})")
@@ -75,9 +96,17 @@ class LanguageModelTask(SequenceTask):
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, state=None) -> tuple[Tensor, tuple]:
         """(B, T) ids -> (B, T, V) next-token logits and the final state.
 
+        With ``model.softmax=adaptive`` the "logits" are the log-probabilities themselves
+        (softmax, log_softmax and temperature act on them exactly as on logits).
         In training it also leaves the activation penalty of this call in
         ``self.activation_penalty`` (AR / TAR, Merity et al. 2017; 0 when both are off).
         """
+        dropped, state = self.features(tokens, lengths, state)
+        return self.out(dropped), state
+
+    def features(self, tokens: Tensor, lengths: Tensor | None = None, state=None) -> tuple[Tensor, tuple]:
+        """(B, T) ids -> (B, T, H) the dropped-out recurrent outputs the softmax reads, and the final
+        state; sets ``self.activation_penalty`` in training (see ``forward``)."""
         x = self.drop(self.embed_tokens(tokens))
         y, state = self.rnn(x, lengths=lengths, state=state)  # (B, T, H), zero at padding
         dropped = self.drop(y)
@@ -90,7 +119,7 @@ class LanguageModelTask(SequenceTask):
             if self.hparams.temporal_activation_reg and y.size(1) > 1:
                 penalty = penalty + self.hparams.temporal_activation_reg * (y[:, 1:] - y[:, :-1]).pow(2).mean()
             self.activation_penalty = penalty
-        return self.out(dropped), state
+        return dropped, state
 
     def _loss(self, batch: dict, stage: str) -> tuple[Tensor, Tensor | float, int]:
         stream = "first" in batch
@@ -98,12 +127,17 @@ class LanguageModelTask(SequenceTask):
         if stream and not bool(batch["first"]):
             state = self._carry[stage]
         self.activation_penalty = 0.0
-        logits, state = self(batch["tokens"], None if stream else batch["lengths"], state)
+        targets = batch["targets"]
+        lengths = None if stream else batch["lengths"]
+        if isinstance(self.out, AdaptiveSoftmax):  # each tail's softmax only for the targets in it
+            dropped, state = self.features(batch["tokens"], lengths, state)
+            loss = self.out.nll(dropped, targets, ignore_index=-100)
+        else:
+            logits, state = self(batch["tokens"], lengths, state)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         penalty = self.activation_penalty if self.training else 0.0
         if stream:
             self._carry[stage] = tuple(s.detach() for s in state)  # the next chunk starts here
-        targets = batch["targets"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return loss, penalty, int((targets != -100).sum())
 
     def training_step(self, batch, _):
