@@ -20,7 +20,8 @@ USAGE = f"""rtk {__version__} — Recurrent Toolkit
 usage:
   rtk train [key=value …]        train (a Hydra app: -m, --cfg job, --help, hydra.run.dir=… all work)
   rtk predict ckpt=PATH text="…" [text="…" …] [input=FILE]
-                                 tag or classify text with a trained checkpoint
+                                 tag or classify text with a trained checkpoint (a series model:
+                                 input=FILE.npz / .ts / .csv, a label and probability per sequence)
   rtk generate ckpt=PATH [n=10] [temperature=1.0] [top_k=K] [max_len=100] [seed=S] [prompt="…"]
                [allow_unk=false] [out=FILE.mid]
                                  sample novel sequences from a language model (music: out= writes MIDI)
@@ -98,10 +99,22 @@ def cmd_predict(args: list[str]) -> int:
     opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "predict")
     if "ckpt" not in opts:
         raise ConfigError("rtk predict: ckpt=<path to a .ckpt> is required")
+    from pathlib import Path
+
+    model = None
+    if "text" not in opts and "input" in opts:  # a file of lines, or of sequences for a series model
+        if not Path(opts["input"][0]).is_file():
+            raise ConfigError(f"rtk predict: input={opts['input'][0]}: no such file")
+        from toolkit.tasks.base import load_task
+
+        model = load_task(opts["ckpt"][0])
+        if model.head == "series":  # label and probability per sequence of a .npz / .ts / long CSV file
+            print("\n".join(model.predict_file_lines(opts["input"][0])))
+            return 0
     texts = _texts(opts, "predict")
     from toolkit.tasks.base import load_task  # torch and Lightning: only once the arguments are good
 
-    model = load_task(opts["ckpt"][0])
+    model = model or load_task(opts["ckpt"][0])
     for i, text in enumerate(texts):
         lines = model.predict_lines(text)
         if i and len(lines) > 1:

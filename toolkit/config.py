@@ -139,6 +139,9 @@ def validate(cfg: DictConfig) -> None:
 
         if problem := head_problem(cfg.task.head):
             errors.append(problem)
+    if cfg.data.get("target") == "regression" and cfg.task.get("monitor") in ("val_acc", "val_f1"):
+        errors.append(f"data.target=regression with task.monitor={cfg.task.monitor}: a regression reports "
+                      "val_mse and val_mae, not accuracy; use task=series_regression")
     dropout = cfg.model.get("dropout", 0.0)
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         errors.append(f"model.dropout={dropout!r} must be a number in [0, 1)")

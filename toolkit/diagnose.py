@@ -279,6 +279,16 @@ def _last_step_classification(model, batch: dict) -> Tensor:
     return F.cross_entropy(model.out(last), batch["labels"], reduction="sum")
 
 
+def _last_step_series(model, batch: dict) -> Tensor:
+    from toolkit.tasks.classification import pool
+
+    y = model.encode(batch)  # (B, T, H * D)
+    out = model.out(pool(y, batch["lengths"], "last", model.rnn.num_directions))
+    if model.regression:
+        return F.mse_loss(out.squeeze(-1), batch["targets"], reduction="sum")
+    return F.cross_entropy(out, batch["labels"], reduction="sum")
+
+
 def _last_step_tagging(model, batch: dict) -> Tensor:
     logits = model(batch)  # (B, T, K)
     rows = torch.arange(logits.size(0), device=logits.device)
@@ -302,7 +312,8 @@ def _last_step_language_model(model, batch: dict) -> Tensor:
 # Not seq2seq: its decoder reads the encoder's final state and attends over every step.
 LAST_STEP_LOSS: dict[str, Callable] = {"classification": _last_step_classification,
                                        "tagging": _last_step_tagging,
-                                       "language_model": _last_step_language_model}
+                                       "language_model": _last_step_language_model,
+                                       "series": _last_step_series}
 
 
 def model_state_gradients(model, batch: dict) -> Tensor:

@@ -14,6 +14,22 @@ from toolkit.tasks.base import SequenceTask
 POOLING = ("last", "mean", "max")
 
 
+def pool(y: Tensor, lengths: Tensor, how: str, num_directions: int) -> Tensor:
+    """(B, T, H*D) -> (B, H*D) over each sequence's own steps (``how``: one of POOLING)."""
+    mask = (torch.arange(y.size(1), device=y.device)[None, :] < lengths.to(y.device)[:, None])  # (B, T)
+    if how == "mean":
+        return y.sum(1) / lengths.to(y)[:, None]  # padded steps are zero
+    if how == "max":
+        return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
+    # last: the forward direction's state after the last real token, and (if
+    # bidirectional) the reverse direction's state after reading back to token 0.
+    last = y[torch.arange(y.size(0), device=y.device), lengths.to(y.device) - 1]  # (B, H*D)
+    if num_directions == 1:
+        return last
+    h = y.size(-1) // 2
+    return torch.cat([last[:, :h], y[:, 0, h:]], -1)
+
+
 class ClassificationTask(SequenceTask):
     """Encode, pool over the real (unpadded) steps, softmax over the labels."""
 
@@ -33,18 +49,7 @@ class ClassificationTask(SequenceTask):
 
     def pool(self, y: Tensor, lengths: Tensor) -> Tensor:
         """(B, T, H*D) -> (B, H*D) over each sequence's own steps."""
-        mask = (torch.arange(y.size(1), device=y.device)[None, :] < lengths.to(y.device)[:, None])  # (B, T)
-        if self.hparams.pooling == "mean":
-            return y.sum(1) / lengths.to(y)[:, None]
-        if self.hparams.pooling == "max":
-            return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
-        # last: the forward direction's state after the last real token, and (if
-        # bidirectional) the reverse direction's state after reading back to token 0.
-        h = self.hparams.hidden_size
-        last = y[torch.arange(y.size(0), device=y.device), lengths.to(y.device) - 1]  # (B, H*D)
-        if self.rnn.num_directions == 1:
-            return last
-        return torch.cat([last[:, :h], y[:, 0, h:]], -1)
+        return pool(y, lengths, self.hparams.pooling, self.rnn.num_directions)
 
     def forward(self, batch: dict) -> Tensor:
         y = self.encode(batch)  # (B, T, H*D)
