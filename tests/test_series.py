@@ -124,7 +124,8 @@ def test_npz_object_array_is_refused_because_reading_it_would_unpickle(tmp_path)
 
 
 @pytest.mark.parametrize("arrays, sentence", [
-    ({"x": np.array([[[1.0], [np.nan]], [[1.0], [2.0]]])}, "sequence 0: a missing value at step 1 of channel 0"),
+    ({"x": np.array([[[1.0], [np.nan], [3.0]], [[1.0], [2.0], [3.0]]])},
+     "sequence 0: a missing value at step 1 of channel 0"),
     ({"x": np.array([[[1.0], [np.inf]]])}, "sequence 0: an infinite value at step 1 of channel 0"),
     ({"x": np.ones((2, 3, 1)), "lengths": np.array([3, 0])}, "sequence 1 has length 0, outside 1..3"),
     ({"x": np.ones((2, 3, 1)), "y": np.array([1, 2, 3])}, "y has shape (3,), expected (2,), one label per sequence"),
@@ -157,7 +158,7 @@ def test_long_csv_groups_by_id_orders_by_time_and_keeps_first_sight_order(tmp_pa
 
 @pytest.mark.parametrize("edit, sentence", [
     (("s2,1,1.2,1.3,run", "s2,1,1.2,run"), ":5: expected 5 columns like the header, found 4"),
-    (("s2,1,1.2,1.3,run", "s2,1,1.2,1.3,walk"), ":5: sequence 's2' has label 'walk' here but 'run' on line 4"),
+    (("s2,1,1.2,1.3,run", "s2,1,1.2,1.3,walk"), ":5: sequence 's2' has label 'walk' here but 'run' on line 4; a sequence has one label"),
     (("s2,2,1.4", "s2,1,1.4"), ":6: sequence 's2' has time step 1 twice (also line 5)"),
     (("s2,1,1.2,1.3", "s2,1,1.2,abc"), ":5: column 'ay': 'abc' is not a number"),
     (("id,time", "seq,time"), ":1: no column 'id' (columns: seq, time, ax, ay, label); set data.id_col / data.time_col"),
