@@ -35,17 +35,16 @@ _BUILT: dict[str, tuple] = {}
 def build(cfg: DictConfig):
     """Data module and model exactly as ``toolkit.train.train`` builds them (once per config:
     end to end and padding share them, and loading the data is the slow part)."""
-    from toolkit.data.registry import DATA_MODULES
-    from toolkit.tasks import HEADS
+    from toolkit.heads import HEADS
 
     full = OmegaConf.to_container(cfg, resolve=True)
     key = repr([full[k] for k in ("task", "data", "model", "cell", "depth", "direction", "hidden_size", "seed")])
     if key in _BUILT:
         return _BUILT[key]
 
-    dm = DATA_MODULES[cfg.task.head](seed=cfg.seed, **OmegaConf.to_container(cfg.data, resolve=True))
+    dm = HEADS[cfg.task.head].data(seed=cfg.seed, **OmegaConf.to_container(cfg.data, resolve=True))
     dm.setup()
-    model = HEADS[cfg.task.head](spec=dm.spec(), cell=OmegaConf.to_container(cfg.cell, resolve=True),
+    model = HEADS[cfg.task.head].task(spec=dm.spec(), cell=OmegaConf.to_container(cfg.cell, resolve=True),
                                  depth=cfg.depth, direction=cfg.direction, hidden_size=cfg.hidden_size,
                                  task_name=cfg.task.name, **OmegaConf.to_container(cfg.model, resolve=True))
     _BUILT[key] = dm, model
@@ -84,7 +83,8 @@ def lightning_epoch(cfg: DictConfig, dm, model, n_batches: int, run_dir: Path) -
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    from toolkit.callbacks import AtomicCheckpointIO, NonFinite, Reproducible
+    from toolkit.callbacks import NonFinite, Reproducible
+    from toolkit.checkpoints import AtomicCheckpointIO
     from toolkit.train import make_loggers
 
     timer = _EpochTimer(n_batches)
@@ -152,7 +152,7 @@ def end_to_end(repeats: int, overrides: list[str] = (), limit_batches: int | Non
 
 # ----------------------------------------------------------------------------- padding
 def padding(tasks: list[str], repeats: int, overrides: list[str] = (), limit_batches: int | None = None) -> list[Row]:
-    from toolkit.data.modules import BucketBatchSampler
+    from toolkit.data.base import BucketBatchSampler
 
     rows = []
     for task in tasks:

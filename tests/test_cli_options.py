@@ -26,7 +26,7 @@ CHI2_999_DF3 = 16.266  # chi2.ppf(0.999, 3)
 @pytest.fixture(scope="module")
 def lm_ckpt(tmp_path_factory):
     """A saved language model whose every step draws from softmax(LOGITS) (output weights zero)."""
-    spec = {"kind": "lm", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
+    spec = {"kind": "language_model", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
             "source": None, "vocab": VOCAB}
     model = LanguageModelTask(spec=spec, cell={"name": "lstm"}, hidden_size=8, embedding_dim=8)
     with torch.no_grad():

@@ -157,8 +157,8 @@ SENTENCES = [s.split() for s in (
 
 def predictions(ckpt: str, device: str, sentences: list[list[str]]) -> dict:
     """Tags and per-token logits of a NER checkpoint for each sentence, computed on ``device``."""
-    from toolkit.data.modules import collate_tagging, encode_tagging
-    from toolkit.tasks.base import load_task
+    from toolkit.data.tagging import collate_tagging, encode_tagging
+    from toolkit.checkpoints import load_task
 
     model = load_task(ckpt, expect="tagging").to(device)
     out = {"tags": [], "logits": []}

@@ -12,7 +12,9 @@ import pytest
 
 from toolkit.data import sources
 from toolkit.data.fetch import package_file
-from toolkit.data.modules import BucketBatchSampler, ClassificationDataModule, TaggingDataModule
+from toolkit.data.base import BucketBatchSampler
+from toolkit.data.classification import ClassificationDataModule
+from toolkit.data.tagging import TaggingDataModule
 from toolkit.data.text import PAD, UNK, Vocab, normalize, shape, tokenize, SHAPES
 from toolkit.errors import ConfigError, DataError
 
@@ -186,7 +188,7 @@ def test_tagging_without_val_file_carves_every_tenth_training_sentence(tmp_path,
 
 def test_carving_validation_out_of_train_says_so_in_plain_words(tmp_path, private_hf_cache, caplog):
     (tmp_path / "train.conll").write_text(conll(TRAIN_SENTS))
-    with caplog.at_level("WARNING", logger="toolkit.data.modules"):
+    with caplog.at_level("WARNING", logger="toolkit.data.base"):
         TaggingDataModule(train_file=str(tmp_path / "train.conll")).setup()
     assert "no data.val_file: using every 10th training example (i % 10 == 1) for validation" in caplog.messages
 

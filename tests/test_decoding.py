@@ -181,8 +181,8 @@ def test_the_crf_is_the_default_decoding(compose):
 
 @pytest.mark.slow
 def test_viterbi_decoding_keeps_rtk_predict_bio_valid_and_best(greedy_ckpt, tmp_path):
-    from toolkit.data.modules import collate_tagging, encode_tagging
-    from toolkit.tasks.base import load_task
+    from toolkit.data.tagging import collate_tagging, encode_tagging
+    from toolkit.checkpoints import load_task
 
     ckpt = favour_i_per(greedy_ckpt, tmp_path / "viterbi.ckpt", "viterbi")
     tags = predicted_tags(ckpt, tmp_path)

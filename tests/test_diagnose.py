@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import math
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY
-from toolkit.diagnose import (LAST_STEP_LOSS, model_state_gradients, norms_by_distance, probe_cell,
+from toolkit.diagnose import (model_state_gradients, norms_by_distance, probe_cell,
                               state_gradient_norms, state_gradients)
 from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent
@@ -187,10 +188,10 @@ def _spec(kind):
 
 
 def _head(kind, direction="uni"):
-    from toolkit.tasks import HEADS
+    from toolkit.heads import HEADS
 
     torch.manual_seed(5)
-    return HEADS[kind](spec=_spec(kind), cell={"name": "gru"}, hidden_size=6, embedding_dim=5,
+    return HEADS[kind].task(spec=_spec(kind), cell={"name": "gru"}, hidden_size=6, embedding_dim=5,
                        direction=direction, depth=2).eval()
 
 
@@ -222,7 +223,7 @@ def test_classification_head_loss_reads_the_last_real_step(direction):
 
 
 def test_tagging_head_loss_is_the_last_real_tokens_tag():
-    from toolkit.data.modules import collate_tagging, encode_tagging
+    from toolkit.data.tagging import collate_tagging, encode_tagging
     from toolkit.data.text import Vocab
 
     model = _head("tagging")
@@ -244,7 +245,7 @@ def test_language_model_head_loss_is_the_last_real_tokens_prediction():
     from toolkit.tasks.lm import LanguageModelTask
 
     torch.manual_seed(6)
-    spec = {**_spec("lm"), "labels": [], "conditions": [], "source": None}
+    spec = {**_spec("language_model"), "labels": [], "conditions": [], "source": None}
     model = LanguageModelTask(spec=spec, cell={"name": "lstm"}, hidden_size=6, embedding_dim=5).eval()
     batch = {"tokens": torch.tensor([[2, 3, 4, 5], [2, 6, 0, 0]]), "lengths": torch.tensor([4, 2]),
              "targets": torch.tensor([[3, 4, 5, 2], [6, 2, -100, -100]])}
@@ -259,11 +260,13 @@ def test_language_model_head_loss_is_the_last_real_tokens_prediction():
 def test_diagnose_true_for_a_head_without_a_last_step_loss_is_one_sentence(compose, monkeypatch):
     from toolkit.config import validate
 
-    monkeypatch.delitem(LAST_STEP_LOSS, "classification")
+    from toolkit.heads import HEADS
+
+    monkeypatch.setitem(HEADS, "classification", dataclasses.replace(HEADS["classification"], last_step_loss=None))
     with pytest.raises(ConfigError) as e:
         validate(compose(["task=peptides", "diagnose=true"]))
     assert str(e.value) == ("diagnose=true: the gradient diagnostic has no last-step loss for the "
-                            f"'classification' head (it has one for: {', '.join(LAST_STEP_LOSS)}); "
+                            "'classification' head (it has one for: tagging, language_model); "
                             "set diagnose=false")
 
 

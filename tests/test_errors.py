@@ -90,13 +90,13 @@ TABLE = "text,label\n" + "a witty film,good\na dull mess,bad\n" * 10
 
 def make_checkpoint(path: Path, kind: str = "classification", **hparams) -> Path:
     """A small but real toolkit checkpoint of a ``kind`` head (no training); ``hparams`` override the stored ones."""
-    from toolkit.tasks import HEADS
+    from toolkit.heads import HEADS
 
     spec = {"kind": kind, "tokenizer": "words", "normalize": "lower", "vocab": ["<pad>", "<unk>", "a", "film"],
             "labels": ["bad", "good"] if kind == "classification" else ["B-PER", "I-PER", "O"]}
     if kind == "tagging":
         spec["chars"] = ["<pad>", "<unk>", "a"]
-    model = HEADS[kind](spec=spec, cell={"name": "lstm", "backend": "auto"}, hidden_size=8, task_name="peptides",
+    model = HEADS[kind].task(spec=spec, cell={"name": "lstm", "backend": "auto"}, hidden_size=8, task_name="peptides",
                         embedding_dim=8)
     hp = {**dict(model.hparams), **hparams}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hp, "epoch": 0, "global_step": 0}, path)
@@ -349,7 +349,7 @@ def test_failed_run_never_removes_a_directory_it_did_not_make(app, tmp_path):
     assert (own / "thesis.tex").read_text() == "precious"
 
 
-# ``open`` for toolkit.callbacks: a file takes half the bytes, then the disk is full. Source text,
+# ``open`` for toolkit.checkpoints: a file takes half the bytes, then the disk is full. Source text,
 # so the subprocess below runs the very same code.
 FULL_DISK = """
 import errno
@@ -377,12 +377,12 @@ exec(FULL_DISK)
 
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_old_one(monkeypatch, tmp_path):
-    from toolkit import callbacks
+    from toolkit import checkpoints
 
-    io = callbacks.AtomicCheckpointIO()
+    io = checkpoints.AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"epoch": 0, "w": torch.ones(3)}, path)
-    monkeypatch.setattr(callbacks, "open", FullDisk(), raising=False)
+    monkeypatch.setattr(checkpoints, "open", FullDisk(), raising=False)
     with pytest.raises(CheckpointError) as e:
         io.save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, path)
     assert str(e.value) == (f"could not write the checkpoint {path} (No space left on device); the previous one "
@@ -393,8 +393,8 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_old_one(monkeypatch, tmp
 
 DISK_FILLS = FULL_DISK + """
 import sys
-from toolkit import callbacks
-callbacks.open = FullDisk(fail_after=int(sys.argv[1]))
+from toolkit import checkpoints
+checkpoints.open = FullDisk(fail_after=int(sys.argv[1]))
 from toolkit.train import run
 sys.argv = ["toolkit.train"] + sys.argv[2:]
 run()
@@ -402,7 +402,7 @@ run()
 
 
 def test_disk_full_during_training_exits_2_and_last_ckpt_stays_good(tmp_path):
-    from toolkit.tasks.base import read_checkpoint
+    from toolkit.checkpoints import read_checkpoint
 
     run_dir = tmp_path / "run"
     # epoch 0 writes best.ckpt and last.ckpt; the disk is full from the next write on
@@ -435,7 +435,7 @@ run()
 
 
 def test_nan_loss_stops_the_run_naming_step_and_batch_and_keeps_the_last_good_checkpoint(tmp_path):
-    from toolkit.tasks.base import read_checkpoint
+    from toolkit.checkpoints import read_checkpoint
 
     run_dir = tmp_path / "run"
     r = run_cmd([sys.executable, "-c", NAN_AT, "1", "1", "task=peptides", *TINY, "trainer.max_epochs=3",

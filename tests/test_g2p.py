@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY, rtk_cmd
 from toolkit.data.fetch import package_file
-from toolkit.data.pairs import PairsDataModule, collate_pairs, strip_stress
+from toolkit.data.seq2seq import PairsDataModule, collate_pairs, strip_stress
 from toolkit.data.readers import read_pairs
 from toolkit.data.sources import load_cmudict, standard_split
 from toolkit.errors import ConfigError, DataError
@@ -136,7 +136,7 @@ def test_error_rate_is_a_ratio_of_sums_not_a_mean_of_batch_rates():
 
 
 # ----------------------------------------------------------------------------- the model
-SPEC = {"kind": "pairs", "tokenizer": "chars", "normalize": "lower", "vocab": ["<pad>", "<unk>", *"abcdefg"],
+SPEC = {"kind": "seq2seq", "tokenizer": "chars", "normalize": "lower", "vocab": ["<pad>", "<unk>", *"abcdefg"],
         "labels": ["AA", "B", "K"], "max_target_len": 6, "stress": False}
 
 
@@ -341,7 +341,7 @@ def test_training_seq2seq_on_a_user_csv(tmp_path):
     assert re.search(r"^test     loss \d+\.\d{4}  per \d+\.\d{4}  wer \d\.\d{4}$", summary_block(r.stdout), re.M)
     best = run_dir / "checkpoints" / "best.ckpt"
     spec = torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["spec"]
-    assert spec["labels"] == ["X", "Y", "Z"] and spec["kind"] == "pairs"
+    assert spec["labels"] == ["X", "Y", "Z"] and spec["kind"] == "seq2seq"
     p = rtk_cmd("predict", f"ckpt={best}", "text=ab ba", cwd=tmp_path)
     assert p.returncode == 0, p.explain()
     lines = [line.split("\t") for line in p.stdout.splitlines()]

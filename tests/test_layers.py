@@ -362,3 +362,51 @@ def test_sequence_path_equals_the_loop_in_float32_within_1e5_bi_depth2_dropout_o
         _assert_same(a, b)
     if lengths is not None:
         assert not results[0][0][1, 2:].any()  # padded outputs exactly zero
+
+
+# ----------------------------------------------------------------------------- the step API
+@pytest.mark.parametrize("cell, hparams", EVERY_CELL)
+def test_step_over_time_gives_forwards_outputs_and_final_state(cell, hparams):
+    layer = _layer(cell, "auto", num_layers=2, **hparams).eval()
+    x, state = _inputs(layer)
+    y, final = layer(x, state=state)
+    s, ys = state, []
+    for t in range(T):
+        y_t, s = layer.step(x[:, t], s)
+        ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys, 1), y)
+    for got, want in zip(s, final):
+        torch.testing.assert_close(got, want)
+
+
+def test_step_refuses_a_bidirectional_layer_and_a_wrong_shape():
+    with pytest.raises(ValueError, match="bidirectional layer needs the whole sequence"):
+        _layer("gru", "loop", bidirectional=True).step(torch.zeros(B, I, dtype=DT))
+    with pytest.raises(ValueError, match=rf"x_t of shape \(B, {I}\)"):
+        _layer("gru", "loop").step(torch.zeros(B, T, I, dtype=DT))
+
+
+@pytest.mark.parametrize("direction", [0, 1])
+def test_run_cell_over_the_layer_input_rebuilds_the_top_layers_output(direction):
+    layer = _layer("lstm", "native", num_layers=2, bidirectional=True).eval()
+    x, _ = _inputs(layer)
+    y, _ = layer(x, lengths=LENGTHS)
+    inp = layer.layer_input(x, LENGTHS, 1)
+    y_d, _, states = layer.run_cell(1, direction, inp, LENGTHS, keep_states=True)
+    torch.testing.assert_close(y_d, y[..., direction * H:(direction + 1) * H])
+    assert len(states) == T and states[0][0].shape == (B, H)
+
+
+def test_run_cell_keeps_each_steps_state_in_the_autograd_graph():
+    layer = _layer("gru", "loop")
+    x, _ = _inputs(layer)
+    y, _, states = layer.run_cell(0, 0, x, LENGTHS, keep_states=True)
+    a = [s[0] for s in states]
+    g = torch.autograd.grad(y[1, LENGTHS[1] - 1].sum(), a, allow_unused=True, materialize_grads=True)
+    assert g[0][1].abs().sum() > 0  # the first step's state reaches sequence 1's last output
+    assert g[LENGTHS[1]][1].abs().sum() == 0  # a step after its end does not
+
+
+def test_length_mask_marks_each_sequences_real_steps():
+    assert layers.length_mask(torch.tensor([2, 3]), 4).tolist() == [[True, True, False, False],
+                                                                    [True, True, True, False]]

@@ -14,7 +14,7 @@ from toolkit.data.sources import load_kjv, load_names, standard_split
 from toolkit.data.text import EOS, Vocab
 from toolkit.tasks.lm import LanguageModelTask
 
-CHAR_SPEC = {"kind": "lm", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
+CHAR_SPEC = {"kind": "language_model", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
              "source": None, "vocab": ["<pad>", "<unk>", "<eos>", *"abcdefghijklmnopqrstuvwxyz"]}
 
 
@@ -67,7 +67,7 @@ def test_stream_batches_split_rows_between_ddp_ranks(monkeypatch):
     stream = list(range(100, 141))
     seen = []
     for rank in range(2):
-        monkeypatch.setattr(lm, "_rank_and_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(lm, "rank_and_world", lambda rank=rank: (rank, 2))
         seen.append(torch.cat([c["tokens"] for c in dm.stream_batches(stream, rows=2)], 1))
     rows = torch.cat(seen).tolist()
     assert sorted(t for r in rows for t in r) == stream[:40]  # every token on exactly one rank
@@ -307,7 +307,7 @@ def test_the_summary_samples_are_drawn_without_dropout(char_run):
     """The run's own samples are exactly what the saved weights draw in eval mode (Lightning leaves the
     model in train mode after testing, where dropout would change them)."""
     result, run_dir, _ = char_run
-    from toolkit.tasks.base import load_task
+    from toolkit.checkpoints import load_task
 
     lines = result.stdout.splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith("samples"))

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from toolkit.data.lm import collate_lm, encode_lm
-from toolkit.data.modules import collate_classification
-from toolkit.data.pairs import SPECIALS, collate_pairs
+from toolkit.data.classification import collate_classification
+from toolkit.data.seq2seq import SPECIALS, collate_pairs
 from toolkit.data.text import Vocab
 from toolkit.tasks.classification import ClassificationTask
 from toolkit.tasks.lm import LanguageModelTask
@@ -139,7 +139,7 @@ LM = {"test_bits_per_token": 18 / 11, "test_nats_per_token": 18 / 11 * math.log(
 
 
 def language_model() -> LanguageModelTask:
-    spec = {"kind": "lm", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
+    spec = {"kind": "language_model", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
             "source": None, "vocab": LM_VOCAB.itos}
     return BigramLM(spec=spec, cell=CELL, **SMALL)
 
@@ -179,7 +179,7 @@ SEQ2SEQ = {"test_per": 8 / 15, "test_wer": 4 / 5}
 
 
 def encoder_decoder() -> Seq2SeqTask:
-    spec = {"kind": "pairs", "tokenizer": "chars", "normalize": "none", "vocab": ["<pad>", "<unk>", "x"],
+    spec = {"kind": "seq2seq", "tokenizer": "chars", "normalize": "none", "vocab": ["<pad>", "<unk>", "x"],
             "labels": PHONES, "max_target_len": 4, "stress": True}
     return FixedDecoder(spec=spec, cell=CELL, beam_size=2, **SMALL)
 

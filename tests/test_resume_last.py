@@ -26,9 +26,9 @@ def config(*overrides: str):
 
 def write_last(run_dir: Path, cfg, mtime: float, global_step: int = 3) -> Path:
     """A real checkpoint of ``cfg``'s model, built as the train app builds it, aged to ``mtime``."""
-    from toolkit.tasks import HEADS
+    from toolkit.heads import HEADS
 
-    model = HEADS[cfg.task.head](spec=SPEC, cell=OmegaConf.to_container(cfg.cell, resolve=True), depth=cfg.depth,
+    model = HEADS[cfg.task.head].task(spec=SPEC, cell=OmegaConf.to_container(cfg.cell, resolve=True), depth=cfg.depth,
                                  direction=cfg.direction, hidden_size=cfg.hidden_size, task_name=cfg.task.name,
                                  **OmegaConf.to_container(cfg.model, resolve=True))
     path = run_dir / "checkpoints" / "last.ckpt"

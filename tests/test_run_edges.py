@@ -128,12 +128,12 @@ if point == "import":  # while toolkit.train imports torch
             return None
     sys.meta_path.insert(0, Hook())
 elif point == "data":  # while the data module reads its source
-    import toolkit.data.modules as m
-    setup = m._SplitDataModule.setup
+    import toolkit.data.base as m
+    setup = m.SplitDataModule.setup
     def interrupted_setup(self, stage=None):
         send()
         return setup(self, stage)
-    m._SplitDataModule.setup = interrupted_setup
+    m.SplitDataModule.setup = interrupted_setup
 '''
 
 

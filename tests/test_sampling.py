@@ -15,7 +15,7 @@ import torch
 from toolkit.tasks.lm import LanguageModelTask
 
 VOCAB = ["<pad>", "<unk>", "<eos>", "a", "b", "c", "d"]
-SPEC = {"kind": "lm", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
+SPEC = {"kind": "language_model", "tokenizer": "chars", "normalize": "lower", "labels": [], "conditions": [],
         "source": None, "vocab": VOCAB}
 LOGITS = {"<pad>": 0.0, "<unk>": 0.0, "<eos>": 0.0, "a": 2.0, "b": 1.0, "c": 0.0, "d": -1.0}
 # chi2.ppf(0.999, df): a right distribution fails this one time in a thousand (and the draws are seeded)

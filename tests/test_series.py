@@ -242,11 +242,11 @@ def test_uea_files_from_the_aeon_wheel_hold_what_the_docs_say(source, counts, fe
 # ----------------------------------------------------------------------------- head and checkpoint
 def _trained_checkpoint(tmp_path, **model):
     """A real series checkpoint (untrained weights), written as the train app writes one."""
-    from toolkit.tasks import HEADS
+    from toolkit.heads import HEADS
 
     dm = SeriesDataModule(train_file=str(_npz(tmp_path / "train.npz", 20)))
     dm.setup()
-    net = HEADS["series"](spec=dm.spec(), cell={"name": "gru", "backend": "auto"}, hidden_size=8, task_name="series",
+    net = HEADS["series"].task(spec=dm.spec(), cell={"name": "gru", "backend": "auto"}, hidden_size=8, task_name="series",
                           **model)
     path = tmp_path / "m.ckpt"
     torch.save({"state_dict": net.state_dict(), "hyper_parameters": dict(net.hparams), "epoch": 0,
@@ -255,7 +255,7 @@ def _trained_checkpoint(tmp_path, **model):
 
 
 def test_checkpoint_keeps_the_standardisation_and_predicts_the_same(tmp_path):
-    from toolkit.tasks.base import load_task
+    from toolkit.checkpoints import load_task
 
     path, net = _trained_checkpoint(tmp_path, projection=4, pooling="mean")
     loaded = load_task(path, expect="series")
@@ -301,7 +301,7 @@ def test_regression_with_a_classification_monitor_is_refused_up_front(compose):
     from toolkit.config import validate
 
     with pytest.raises(ConfigError, match="use task=series_regression"):
-        validate(compose(["task=series", "data.target=regression"]))
+        validate(compose(["task=series", "data.target=regression", "task.monitor=val_acc"]))
 
 
 # ----------------------------------------------------------------------------- end to end (slow)

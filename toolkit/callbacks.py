@@ -1,20 +1,16 @@
-"""Callbacks and the checkpoint writer the training app always uses."""
+"""The callbacks the training app always uses (the checkpoint writer: ``toolkit.checkpoints``)."""
 
 from __future__ import annotations
 
-import io
 import math
-import os
 import signal
-import uuid
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from toolkit.errors import CheckpointError, Interrupted, NumericError
+from toolkit.errors import Interrupted, NumericError
 
 
 class Reproducible(pl.Callback):
@@ -89,7 +85,7 @@ class LastCheckpoint(ModelCheckpoint):
     then stops at the next point a checkpoint resumes from exactly: after a training batch
     that completed an optimizer step with no validation due next, at the end of a
     validation inside an epoch, or at the end of an epoch. There it writes last.ckpt
-    (atomically, through :class:`AtomicCheckpointIO`) and raises :class:`Interrupted`. A
+    (atomically, through :class:`toolkit.checkpoints.AtomicCheckpointIO`) and raises :class:`Interrupted`. A
     second signal stops at once; the last.ckpt already on disk stays whole. Under DDP the
     ranks agree on the stop (any rank's signal stops all of them at the same batch).
 
@@ -170,52 +166,3 @@ def _clip_hint(pl_module: pl.LightningModule) -> str:
 
 def _nonfinite_name(t: torch.Tensor) -> str:
     return "nan" if torch.isnan(t).any() else "inf"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write a checkpoint to a temporary file beside it, fsync, then rename it over the old one.
-
-    A kill or a full disk during the write leaves the previous checkpoint whole
-    (Lightning's own writer stages in the system temp dir and moves the file,
-    which is a copy across file systems and is not synced). A failed write is one
-    CheckpointError sentence, and its temporary file is removed.
-    """
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO takes no storage_options")
-        path = Path(path)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # not mkstemp: its 0600 would ignore the umask the old checkpoint was written under
-            tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
-            with open(tmp, "xb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
-            _fsync_dir(path.parent)  # the rename itself survives a power cut
-        except OSError as e:
-            kept = "; the previous one there is unchanged" if path.exists() else ""
-            raise CheckpointError(f"could not write the checkpoint {path} ({e.strerror or e}){kept}; free "
-                                  "some space or set hydra.run.dir to another disk") from None
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory
-    finally:
-        os.close(fd)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
+from pathlib import Path
 
 from toolkit import __version__
 from toolkit.errors import ConfigError, ToolkitError
@@ -76,8 +78,6 @@ def cmd_plugins(args: list[str]) -> int:
 
 def _texts(opts: dict, command: str) -> list[str]:
     """The ``text=`` values, then the non-blank lines of ``input=FILE``; none may be empty."""
-    from pathlib import Path
-
     texts = list(opts.get("text", []))
     if "input" in opts:
         path = Path(opts["input"][0])
@@ -105,14 +105,15 @@ def cmd_predict(args: list[str]) -> int:
     if "text" not in opts and "input" in opts:  # a file of lines, or of sequences for a series model
         if not Path(opts["input"][0]).is_file():
             raise ConfigError(f"rtk predict: input={opts['input'][0]}: no such file")
-        from toolkit.tasks.base import load_task
+        from toolkit.checkpoints import load_task
+        from toolkit.heads import HEADS
 
         model = load_task(opts["ckpt"][0])
-        if model.head == "series":  # label and probability per sequence of a .npz / .ts / long CSV file
-            print("\n".join(model.predict_file_lines(opts["input"][0])))
+        if (predict_file := HEADS[model.head].predict_file) is not None:  # e.g. series: .npz / .ts / long CSV
+            print("\n".join(predict_file(model, opts["input"][0])))
             return 0
     texts = _texts(opts, "predict")
-    from toolkit.tasks.base import load_task  # torch and Lightning: only once the arguments are good
+    from toolkit.checkpoints import load_task  # torch and Lightning: only once the arguments are good
 
     model = model or load_task(opts["ckpt"][0])
     for i, text in enumerate(texts):
@@ -157,8 +158,6 @@ def _bool(opts: dict, key: str, default: bool, command: str) -> bool:
 
 
 def cmd_generate(args: list[str]) -> int:
-    from pathlib import Path
-
     keys = {"ckpt": False, "n": False, "temperature": False, "top_k": False, "max_len": False, "seed": False,
             "prompt": False, "allow_unk": False, "out": False}
     opts = parse_pairs(args, keys, "generate")
@@ -173,7 +172,7 @@ def cmd_generate(args: list[str]) -> int:
     out = Path(opts["out"][0]) if "out" in opts else None
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"rtk generate: out={out}: the folder {out.parent} does not exist")
-    from toolkit.tasks.base import load_task
+    from toolkit.checkpoints import load_task
 
     model = load_task(opts["ckpt"][0], expect="language_model")
     prompt = model.text_tokens(opts["prompt"][0]) if "prompt" in opts else None
@@ -203,7 +202,7 @@ def cmd_score(args: list[str]) -> int:
     if "ckpt" not in opts:
         raise ConfigError("rtk score: ckpt=<path to a language model's .ckpt> is required")
     texts = _texts(opts, "score")
-    from toolkit.tasks.base import load_task
+    from toolkit.checkpoints import load_task
 
     model = load_task(opts["ckpt"][0], expect="language_model")
     scored = []
@@ -225,8 +224,6 @@ def cmd_score(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from pathlib import Path
-
     from toolkit.report import write_report
 
     positional = [a for a in args if "=" not in a]
@@ -242,10 +239,59 @@ def cmd_report(args: list[str]) -> int:
     return 0
 
 
-def cmd_diagnose(args: list[str]) -> int:
-    from toolkit.diagnose import cmd_diagnose as run  # torch: only for this command
+def _diagnose_whole(opts: dict, key: str, default: int, least: int) -> int:
+    raw = opts.get(key, [str(default)])[0]
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise ConfigError(f"rtk diagnose: {key}={raw!r} must be a whole number of at least {least}")
+    return value
 
-    return run(args)
+
+def cmd_diagnose(args: list[str]) -> int:
+    """``rtk diagnose [cells=rnn,gru,lstm] [length=100] [hidden_size=64] [steps=200] [seed=0] [lr=0.01]
+    [out=gradients.png]``"""
+    from toolkit.cells import available_cells  # torch and the measurement: only for this command
+    from toolkit.diagnose import diagnose
+
+    keys = ("cells", "length", "hidden_size", "steps", "seed", "lr", "out")
+    opts = parse_pairs(args, dict.fromkeys(keys, False), "diagnose")
+    cells = [c.strip() for c in opts.get("cells", ["rnn,gru,lstm"])[0].split(",") if c.strip()]
+    known = available_cells()
+    if not cells:
+        raise ConfigError(f"rtk diagnose: cells= is empty; available cells: {', '.join(known)}")
+    for cell in cells:
+        if cell not in known:
+            raise ConfigError(f"rtk diagnose: unknown cell '{cell}'; available cells: {', '.join(known)}")
+    if len(set(cells)) != len(cells):
+        raise ConfigError(f"rtk diagnose: cells={','.join(cells)} names a cell twice")
+    length = _diagnose_whole(opts, "length", 100, 2)
+    hidden_size = _diagnose_whole(opts, "hidden_size", 64, 1)
+    steps = _diagnose_whole(opts, "steps", 200, 0)
+    seed = _diagnose_whole(opts, "seed", 0, 0)
+    raw_lr = opts.get("lr", ["0.01"])[0]
+    try:
+        lr = float(raw_lr)
+    except ValueError:
+        lr = math.nan
+    if not lr > 0 or math.isinf(lr):
+        raise ConfigError(f"rtk diagnose: lr={raw_lr!r} must be a positive number")
+    out = Path(opts.get("out", ["gradients.png"])[0])
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"rtk diagnose: out={out} must name a .png file")
+    if not out.parent.is_dir():
+        raise ConfigError(f"rtk diagnose: out={out}: the directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"rtk diagnose: out={out}: the directory {out.parent} is not writable")
+    print(f"first-symbol task: length {length}, hidden {hidden_size}, {steps} Adam steps (lr {lr:g}) per cell, "
+          f"seed {seed}; ||dL/da<t>|| at distance d from the loss, mean over 256 held-out sequences", flush=True)
+    start = time.perf_counter()
+    results, text = diagnose(cells, length, hidden_size, steps, seed, out, lr)
+    print(text)
+    print(f"wrote {out} ({time.perf_counter() - start:.1f}s)")
+    return 0
 
 
 COMMANDS = {"predict": cmd_predict, "generate": cmd_generate, "score": cmd_score, "plugins": cmd_plugins,

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from toolkit.cells import available_cells, build_cell, load_cell_class
 from toolkit.errors import CellError, ConfigError
+from toolkit.heads import HEADS
 
 
 def register_plugin_cells() -> None:
@@ -115,7 +116,6 @@ def _is_duration(value) -> bool:
 
 def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every problem in ``cfg`` (nothing is built yet)."""
-    from toolkit.tasks import HEADS
 
     errors: list[str] = []
     for key in ("depth", "hidden_size"):

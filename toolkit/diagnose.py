@@ -29,8 +29,6 @@ import copy
 import csv
 import io
 import math
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +39,8 @@ from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
 from toolkit.files import write_atomic
-from toolkit.layers import Recurrent, _flip, _time_loop
+from toolkit.heads import HEADS
+from toolkit.layers import Recurrent, length_mask
 
 
 # ------------------------------------------------------------------ measurement
@@ -60,48 +59,24 @@ def state_gradients(layer: Recurrent, x: Tensor, lengths: Tensor | None,
     """
     if not layer.batch_first:
         x = x.transpose(0, 1)
-    B, T, _ = x.shape
-    lengths = layer._check_lengths(lengths, B, T)
     D, top = layer.num_directions, layer.num_layers - 1
-    mask = rev_index = None
-    if lengths is not None:
-        steps = torch.arange(T, device=x.device)
-        lengths = lengths.to(x.device)
-        mask = (steps[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
-        rev_index = torch.where(mask.squeeze(-1), lengths[:, None] - 1 - steps[None, :], steps[None, :])
-    inp = x.detach()
     with torch.no_grad():  # layers below the top: their gradients are not asked for
-        for lay in range(top):
-            outs = []
-            for d in range(D):
-                cell = layer.cells[lay * D + d]
-                xi = inp if d == 0 else _flip(inp, rev_index)
-                y, _ = _time_loop(cell, xi, cell.initial_state(B, x.device, x.dtype), mask)
-                outs.append(y if d == 0 else _flip(y, rev_index))
-            inp = layer._dropout_between_layers(torch.cat(outs, -1), lay)  # (B, T, H * D)
+        inp = layer.layer_input(x.detach(), lengths, top)  # (B, T, H * D); checks the lengths
+    # the top layer's forward direction in float64, each step's state a<t> kept in the graph
     cell = copy.deepcopy(layer.cells[top * D]).to(dtype)
-    xi = inp.to(dtype)
-    state = cell.initial_state(B, x.device, dtype)
-    a, outs = [], []
-    for t in range(T):
-        y_t, new = cell(xi[:, t], state)
-        a.append(new[0])
-        if mask is not None:
-            m = mask[:, t]  # (B, 1): past a sequence's end the state freezes, the output is zero
-            new = tuple(torch.where(m, n, s) for n, s in zip(new, state))
-            y_t = torch.where(m, y_t, 0.0)
-        state = tuple(new)
-        outs.append(y_t)
-    y = torch.stack(outs, 1).to(x.dtype)  # (B, T, H)
+    y, _, states = layer.run_cell(top, 0, inp.to(dtype), lengths, cell=cell, keep_states=True)
+    a = [s[0] for s in states]
+    y = y.to(x.dtype)  # (B, T, H)
     if D == 2:
-        rev = layer.cells[top * D + 1]
         with torch.no_grad():
-            y_rev, _ = _time_loop(rev, _flip(inp, rev_index), rev.initial_state(B, x.device, x.dtype), mask)
-        y = torch.cat([y, _flip(y_rev, rev_index)], -1)  # (B, T, 2H)
+            y_rev, _, _ = layer.run_cell(top, 1, inp, lengths)
+        y = torch.cat([y, y_rev], -1)  # (B, T, 2H)
     loss = loss_fn(y if layer.batch_first else y.transpose(0, 1))
     grads = torch.autograd.grad(loss, a, allow_unused=True, materialize_grads=True)
     g = torch.stack(grads, 1)  # (B, T, H)
-    return g if mask is None else torch.where(mask, g, 0.0)
+    if lengths is None:
+        return g
+    return torch.where(length_mask(torch.as_tensor(lengths, device=g.device), g.size(1))[..., None], g, 0.0)
 
 
 def state_gradient_norms(layer: Recurrent, x: Tensor, lengths: Tensor | None,
@@ -112,7 +87,7 @@ def state_gradient_norms(layer: Recurrent, x: Tensor, lengths: Tensor | None,
     norms = g.norm(dim=-1)  # (B, T)
     if lengths is None:
         return norms.mean(0)
-    real = torch.arange(T, device=g.device)[None, :] < torch.as_tensor(lengths, device=g.device)[:, None]
+    real = length_mask(torch.as_tensor(lengths, device=g.device), T)  # (B, T)
     return (norms * real).sum(0) / real.sum(0).clamp(min=1)
 
 
@@ -268,57 +243,9 @@ def diagnose(cells: list[str], length: int = 100, hidden_size: int = 64, steps: 
 
 
 # --------------------------------------------------------- in a training run
-def _last_step_classification(model, batch: dict) -> Tensor:
-    # the head's 'last' pooling whatever model.pooling says: the loss reads only the last step
-    y = model.encode(batch)  # (B, T, H * D)
-    lengths = batch["lengths"]
-    last = y[torch.arange(y.size(0), device=y.device), lengths - 1]
-    if model.rnn.num_directions == 2:
-        h = model.rnn.hidden_size
-        last = torch.cat([last[:, :h], y[:, 0, h:]], -1)
-    return F.cross_entropy(model.out(last), batch["labels"], reduction="sum")
-
-
-def _last_step_series(model, batch: dict) -> Tensor:
-    from toolkit.tasks.classification import pool
-
-    y = model.encode(batch)  # (B, T, H * D)
-    out = model.out(pool(y, batch["lengths"], "last", model.rnn.num_directions))
-    if model.regression:
-        return F.mse_loss(out.squeeze(-1), batch["targets"], reduction="sum")
-    return F.cross_entropy(out, batch["labels"], reduction="sum")
-
-
-def _last_step_tagging(model, batch: dict) -> Tensor:
-    logits = model(batch)  # (B, T, K)
-    rows = torch.arange(logits.size(0), device=logits.device)
-    last = batch["lengths"].to(logits.device) - 1
-    tags = model.network_tags(batch["tags"])  # the ids the network scores (BIOES under tag_scheme=bioes)
-    # the last token's own softmax, also for a CRF tagger (whose emissions are these logits)
-    return F.cross_entropy(logits[rows, last], tags[rows, last], reduction="sum")
-
-
-def _last_step_language_model(model, batch: dict) -> Tensor:
-    lengths = batch.get("lengths")  # a truncated-BPTT chunk has none: every stream is full length
-    logits, _ = model(batch["tokens"], lengths)  # (B, T, V), from a zero state
-    rows = torch.arange(logits.size(0), device=logits.device)
-    last = (lengths.to(logits.device) - 1 if lengths is not None
-            else torch.full_like(rows, logits.size(1) - 1))
-    return F.cross_entropy(logits[rows, last], batch["targets"][rows, last], reduction="sum",
-                           ignore_index=-100)
-
-
-# head -> the loss of the prediction at each sequence's last real step, summed over the batch.
-# Not seq2seq: its decoder reads the encoder's final state and attends over every step.
-LAST_STEP_LOSS: dict[str, Callable] = {"classification": _last_step_classification,
-                                       "tagging": _last_step_tagging,
-                                       "language_model": _last_step_language_model,
-                                       "series": _last_step_series}
-
-
 def model_state_gradients(model, batch: dict) -> Tensor:
-    """dL/da<t> (B, T, H) of ``model.rnn``'s top layer, L = the head's last-step loss (LAST_STEP_LOSS)."""
-    loss_of = LAST_STEP_LOSS[model.head]
+    """dL/da<t> (B, T, H) of ``model.rnn``'s top layer, L = the head's ``last_step_loss`` (``toolkit.heads``)."""
+    loss_of = HEADS[model.head].last_step_loss
     seen: dict = {}
 
     def capture(module, args, kwargs, output):
@@ -357,10 +284,11 @@ def _longest_batch(datamodule) -> dict | None:
 
 def head_problem(head: str) -> str | None:
     """Why ``diagnose=true`` cannot measure a model of this head, or None."""
-    if head in LAST_STEP_LOSS:
+    if HEADS[head].last_step_loss is not None:
         return None
+    having = [name for name, h in HEADS.items() if h.last_step_loss is not None]
     return (f"diagnose=true: the gradient diagnostic has no last-step loss for the '{head}' head "
-            f"(it has one for: {', '.join(LAST_STEP_LOSS)}); set diagnose=false")
+            f"(it has one for: {', '.join(having)}); set diagnose=false")
 
 
 class GradientDiagnostic(pl.Callback):
@@ -368,7 +296,7 @@ class GradientDiagnostic(pl.Callback):
 
     The batch is the validation batch holding the longest sequence; L is the
     head's loss of its prediction at each sequence's last real step (see
-    ``LAST_STEP_LOSS``), summed over the batch; the norms are indexed by the
+    the ``last_step_loss`` of its declaration in ``toolkit.heads``), summed over the batch; the norms are indexed by the
     distance from each sequence's own last step. At the end of training it writes
     ``gradients.png`` and ``gradients.csv`` into the run dir and logs the plot
     (and the table) to W&B / TensorBoard when those loggers are active.
@@ -430,59 +358,3 @@ def _log_to(loggers, fig, png: Path, columns: list[str], rows: list[list], step:
             lg.log_table(key="gradients_table", columns=columns, data=rows, step=step)
         elif isinstance(lg, TensorBoardLogger):
             lg.experiment.add_figure("gradients", fig, global_step=step, close=False)
-
-
-# ------------------------------------------------------------------ rtk diagnose
-def _whole(opts: dict, key: str, default: int, least: int) -> int:
-    raw = opts.get(key, [str(default)])[0]
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or value < least:
-        raise ConfigError(f"rtk diagnose: {key}={raw!r} must be a whole number of at least {least}")
-    return value
-
-
-def cmd_diagnose(args: list[str]) -> int:
-    """``rtk diagnose [cells=rnn,gru,lstm] [length=100] [hidden_size=64] [steps=200] [seed=0] [lr=0.01]
-    [out=gradients.png]``"""
-    from toolkit.cells import available_cells
-    from toolkit.cli import parse_pairs
-
-    keys = ("cells", "length", "hidden_size", "steps", "seed", "lr", "out")
-    opts = parse_pairs(args, dict.fromkeys(keys, False), "diagnose")
-    cells = [c.strip() for c in opts.get("cells", ["rnn,gru,lstm"])[0].split(",") if c.strip()]
-    known = available_cells()
-    if not cells:
-        raise ConfigError(f"rtk diagnose: cells= is empty; available cells: {', '.join(known)}")
-    for cell in cells:
-        if cell not in known:
-            raise ConfigError(f"rtk diagnose: unknown cell '{cell}'; available cells: {', '.join(known)}")
-    if len(set(cells)) != len(cells):
-        raise ConfigError(f"rtk diagnose: cells={','.join(cells)} names a cell twice")
-    length = _whole(opts, "length", 100, 2)
-    hidden_size = _whole(opts, "hidden_size", 64, 1)
-    steps = _whole(opts, "steps", 200, 0)
-    seed = _whole(opts, "seed", 0, 0)
-    raw_lr = opts.get("lr", ["0.01"])[0]
-    try:
-        lr = float(raw_lr)
-    except ValueError:
-        lr = math.nan
-    if not lr > 0 or math.isinf(lr):
-        raise ConfigError(f"rtk diagnose: lr={raw_lr!r} must be a positive number")
-    out = Path(opts.get("out", ["gradients.png"])[0])
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"rtk diagnose: out={out} must name a .png file")
-    if not out.parent.is_dir():
-        raise ConfigError(f"rtk diagnose: out={out}: the directory {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise ConfigError(f"rtk diagnose: out={out}: the directory {out.parent} is not writable")
-    print(f"first-symbol task: length {length}, hidden {hidden_size}, {steps} Adam steps (lr {lr:g}) per cell, "
-          f"seed {seed}; ||dL/da<t>|| at distance d from the loss, mean over 256 held-out sequences", flush=True)
-    start = time.perf_counter()
-    results, text = diagnose(cells, length, hidden_size, steps, seed, out, lr)
-    print(text)
-    print(f"wrote {out} ({time.perf_counter() - start:.1f}s)")
-    return 0

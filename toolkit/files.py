@@ -9,11 +9,13 @@ from pathlib import Path
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, rename it over ``path``,
+    then fsync the folder (so the rename itself survives a power cut).
 
     ``write`` creates the file itself (so it gets the user's umask), from a path: it may be
     ``Path.write_text``, matplotlib's ``savefig`` or music21's ``write``. The temporary name
-    keeps the suffix, for writers that look at it. Missing parent folders are made.
+    keeps the suffix, for writers that look at it. Missing parent folders are made. An
+    OSError (a full disk) propagates, and the temporary file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,4 +27,18 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory
+    finally:
+        os.close(fd)

@@ -198,36 +198,105 @@ class Recurrent(nn.Module):
 
     # ------------------------------------------------------------ loop/sequence
     def _forward_stepwise(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
-        B, T, _ = x.shape
-        D = self.num_directions
-        mask = rev_index = None
-        if lengths is not None:
-            steps = torch.arange(T, device=x.device)
-            lengths = lengths.to(x.device)
-            mask = (steps[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
-            # reverse each sequence within its own length; padding stays in place
-            rev_index = torch.where(mask.squeeze(-1), lengths[:, None] - 1 - steps[None, :], steps[None, :])  # (B, T)
+        lengths = None if lengths is None else lengths.to(x.device)
+        mask, rev_index = _padding(lengths, x.size(1))
         finals: list[State] = []
         inp = x
         for layer in range(self.num_layers):
             outs = []
-            for d in range(D):
-                i = layer * D + d
-                cell = self.cells[i]
-                s0 = tuple(s[i] for s in state)  # each (B, H)
-                xi = inp if d == 0 else _flip(inp, rev_index)
-                if self.backend == "sequence":
-                    y, s = cell.forward_sequence(xi, s0, lengths)
-                    if mask is not None:
-                        y = torch.where(mask, y, 0.0)
-                else:
-                    y, s = _time_loop(cell, xi, s0, mask)
-                outs.append(y if d == 0 else _flip(y, rev_index))
+            for d in range(self.num_directions):
+                i = layer * self.num_directions + d
+                y, s = self._run_cell(self.cells[i], d, inp, tuple(s[i] for s in state), lengths, mask, rev_index,
+                                      sequence=self.backend == "sequence")
+                outs.append(y)
                 finals.append(tuple(s))
-            y = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (B, T, H * D)
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (B, T, H * D)
             inp = self._dropout_between_layers(y, layer)
         final = tuple(torch.stack([f[k] for f in finals]) for k in range(len(self.state_names)))
         return y, final
+
+    @staticmethod
+    def _run_cell(cell: RecurrentCell, direction: int, x: Tensor, state: State, lengths: Tensor | None,
+                  mask: Tensor | None, rev_index: Tensor | None, sequence: bool = False,
+                  states: list[State] | None = None) -> tuple[Tensor, State]:
+        """One cell over x (B, T, I) in its direction: the cell's whole-sequence path or the time loop."""
+        xi = x if direction == 0 else _flip(x, rev_index)
+        if sequence:
+            y, s = cell.forward_sequence(xi, state, lengths)
+            if mask is not None:
+                y = torch.where(mask, y, 0.0)
+        else:
+            y, s = _time_loop(cell, xi, state, mask, states)
+        return (y if direction == 0 else _flip(y, rev_index)), s
+
+    # ------------------------------------------------------------ the step API
+    def run_cell(self, layer: int, direction: int, x: Tensor, lengths: Tensor | None = None,
+                 state: State | None = None, *, cell: RecurrentCell | None = None,
+                 keep_states: bool = False) -> tuple[Tensor, State, list[State]]:
+        """One cell of the stack over a whole sequence, step by step (the ``loop`` backend's numbers).
+
+        Args:
+            layer, direction: which cell (``direction`` 1 reads each sequence from its own
+                last step back to step 0).
+            x: (B, T, I) that layer's input, batch first whatever ``batch_first`` says.
+            lengths: (B,) or None; checked as forward checks them.
+            state: one (B, H) tensor per state name, or None for the cell's zeros.
+            cell: run this module in the cell's place (e.g. a float64 copy), same layout.
+            keep_states: also return the state the cell computed at each step.
+
+        Returns:
+            y (B, T, H) in x's time order, exactly zero at padded steps; the final state
+            (each sequence's at its own last step); with ``keep_states`` the list, in the
+            order the cell ran, of the state each step computed (before padded steps
+            freeze it), else an empty list. The tensors keep their autograd graph, so
+            a loss on y can be differentiated with respect to each step's state.
+        """
+        B, T, _ = x.shape
+        lengths = self._check_lengths(lengths, B, T)
+        cell = self.cells[layer * self.num_directions + direction] if cell is None else cell
+        if state is None:
+            state = cell.initial_state(B, x.device, x.dtype)
+        lengths = None if lengths is None else lengths.to(x.device)
+        mask, rev_index = _padding(lengths, T)
+        states: list[State] = []
+        y, final = self._run_cell(cell, direction, x, tuple(state), lengths, mask, rev_index,
+                                  states=states if keep_states else None)
+        return y, final, states
+
+    def layer_input(self, x: Tensor, lengths: Tensor | None, layer: int) -> Tensor:
+        """What layer ``layer`` reads: x (B, T, I) run through the layers below it as forward runs
+        them (dropout between layers included in training), (B, T, H * D); x itself for layer 0."""
+        lengths = self._check_lengths(lengths, x.size(0), x.size(1))
+        lengths = None if lengths is None else lengths.to(x.device)
+        mask, rev_index = _padding(lengths, x.size(1))
+        inp = x
+        for below in range(layer):
+            outs = []
+            for d in range(self.num_directions):
+                cell = self.cells[below * self.num_directions + d]
+                outs.append(self._run_cell(cell, d, inp, cell.initial_state(x.size(0), x.device, x.dtype),
+                                           lengths, mask, rev_index)[0])
+            inp = self._dropout_between_layers(torch.cat(outs, -1), below)  # (B, T, H * D)
+        return inp
+
+    def step(self, x_t: Tensor, state: State | Tensor | None = None) -> tuple[Tensor, State]:
+        """One time step through the whole stack, left to right: x_t (B, I), state as forward's
+        (None: zeros) -> y_t (B, H) and the new state. Calling it over t = 0 .. T-1 gives forward's
+        outputs and final state (in eval mode; in training each step draws its own dropout
+        masks). A bidirectional layer needs the whole sequence, so it has no step.
+        """
+        if self.bidirectional:
+            raise ValueError("Recurrent.step runs left to right; a bidirectional layer needs the whole sequence")
+        if x_t.dim() != 2 or x_t.size(-1) != self.input_size:
+            raise ValueError(f"Recurrent.step expects x_t of shape (B, {self.input_size}), got {tuple(x_t.shape)}")
+        state = self._check_state(state, x_t)
+        new: list[State] = []
+        inp = x_t
+        for layer in range(self.num_layers):
+            y, s = self.cells[layer](inp, tuple(st[layer] for st in state))
+            new.append(tuple(s))
+            inp = self._dropout_between_layers(y[:, None], layer)[:, 0]  # (B, H)
+        return inp, tuple(torch.stack([n[k] for n in new]) for k in range(len(self.state_names)))
 
     # ------------------------------------------------------------------- native
     def _forward_native(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
@@ -281,12 +350,31 @@ def _flip(x: Tensor, rev_index: Tensor | None) -> Tensor:
     return x.gather(1, rev_index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
-def _time_loop(cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None) -> tuple[Tensor, State]:
+def _padding(lengths: Tensor | None, T: int) -> tuple[Tensor | None, Tensor | None]:
+    """(B, T, 1) True at real steps, and (B, T) the index that reverses each sequence within its
+    own length (padding stays in place), on the lengths' device; (None, None) without lengths."""
+    if lengths is None:
+        return None, None
+    steps = torch.arange(T, device=lengths.device)
+    mask = length_mask(lengths, T).unsqueeze(-1)  # (B, T, 1)
+    rev_index = torch.where(mask.squeeze(-1), lengths[:, None] - 1 - steps[None, :], steps[None, :])  # (B, T)
+    return mask, rev_index
+
+
+def length_mask(lengths: Tensor, T: int) -> Tensor:
+    """(B,) lengths -> (B, T) True at each sequence's real steps, on the lengths' device."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _time_loop(cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None,
+               states: list[State] | None = None) -> tuple[Tensor, State]:
     """Run ``cell`` left to right over x (B, T, I); past a sequence's end the state freezes
-    and the output is exactly zero."""
+    and the output is exactly zero. ``states`` collects each step's computed state."""
     outs = []
     for t in range(x.size(1)):
         y, new = cell(x[:, t], state)
+        if states is not None:
+            states.append(tuple(new))
         if mask is None:
             state = tuple(new)
         else:

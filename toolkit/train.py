@@ -54,7 +54,7 @@ def resolve_ckpt(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict] | None:
     ``last`` is this run dir's checkpoints/last.ckpt, else the newest last.ckpt of
     a sibling run (e.g. runs/<task>/*) whose model has this exact config.
     """
-    from toolkit.tasks.base import read_checkpoint
+    from toolkit.checkpoints import read_checkpoint
 
     if cfg.ckpt_path is None:
         return None
@@ -166,11 +166,11 @@ def train(cfg: DictConfig) -> float | None:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from hydra.core.hydra_config import HydraConfig
 
-    from toolkit.callbacks import AtomicCheckpointIO, LastCheckpoint, NonFinite, Reproducible
+    from toolkit.callbacks import LastCheckpoint, NonFinite, Reproducible
+    from toolkit.checkpoints import AtomicCheckpointIO
     from toolkit.config import check_batches, check_environment
-    from toolkit.data.registry import DATA_MODULES
+    from toolkit.heads import HEADS
     from toolkit.summary import plot_curves, render
-    from toolkit.tasks import HEADS
     from toolkit.tasks.transfer import init_from_lm, lm_vocabulary
 
     validate(cfg)
@@ -189,7 +189,7 @@ def train(cfg: DictConfig) -> float | None:
         data["vocab"] = lm_vocabulary(init_from, head, data, {
             "cell": cfg.cell.name, "hidden_size": cfg.hidden_size, "depth": cfg.depth,
             "embedding_dim": cfg.model.get("embedding_dim")})
-    datamodule = DATA_MODULES[head](seed=cfg.seed, **data)
+    datamodule = HEADS[head].data(seed=cfg.seed, **data)
     datamodule.setup()
     check_batches(cfg.trainer, {split: len(loader) for split, loader in (
         ("train", datamodule.train_dataloader()), ("validation", datamodule.val_dataloader()),
@@ -201,7 +201,7 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.start_batch = batches_done(resume[1])
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch.*")
-    model = HEADS[head](spec=datamodule.spec(), cell=OmegaConf.to_container(cfg.cell, resolve=True),
+    model = HEADS[head].task(spec=datamodule.spec(), cell=OmegaConf.to_container(cfg.cell, resolve=True),
                         depth=cfg.depth, direction=cfg.direction, hidden_size=cfg.hidden_size,
                         task_name=cfg.task.name, **OmegaConf.to_container(cfg.model, resolve=True))
     if init_from is not None and resume is None:

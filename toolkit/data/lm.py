@@ -1,4 +1,4 @@
-"""Data for language models: next-token prediction over text (or note) sequences.
+"""Data for the language_model head: next-token prediction over text (or note) sequences.
 
 Two ways to batch, chosen by ``tbptt_steps``:
 
@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from toolkit.data.modules import _pad, _rank_and_world, _SplitDataModule
+from toolkit.data import readers
+from toolkit.data.base import SplitDataModule, pad, rank_and_world
 from toolkit.data.text import EOS, PAD, UNK, Vocab, normalize, tokenize
 from toolkit.errors import ConfigError, DataError
 
@@ -33,8 +34,8 @@ def encode_lm(tokens: list[str], condition: list[str], vocab: Vocab) -> dict:
 
 
 def collate_lm(items: list[dict]) -> dict:
-    return {"tokens": _pad([it["tokens"] for it in items], 0),
-            "targets": _pad([it["targets"] for it in items], -100),
+    return {"tokens": pad([it["tokens"] for it in items], 0),
+            "targets": pad([it["targets"] for it in items], -100),
             "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long)}
 
 
@@ -55,10 +56,11 @@ class StreamOrder(Sampler[int]):
         return self.n
 
 
-class LanguageModelDataModule(_SplitDataModule):
+class LanguageModelDataModule(SplitDataModule):
     """Examples are {"text"} (tokenised with ``tokenizer``) or pre-tokenised {"tokens", "condition"}."""
 
-    kind = "lm"
+    kind = "language_model"
+    read = staticmethod(readers.read_lines)
     collate = staticmethod(collate_lm)
 
     def __init__(self, *, tbptt_steps: int | None = None, tokenizer: str = "words",
@@ -124,7 +126,7 @@ class LanguageModelDataModule(_SplitDataModule):
 
     def stream_batches(self, stream: list[int], rows: int) -> list[dict]:
         """This rank's chunks of ``rows`` parallel rows, ``tbptt_steps`` columns each, in order."""
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         ids = torch.tensor(stream, dtype=torch.long)
         width = (len(ids) - 1) // (rows * world)
         if width < 1:

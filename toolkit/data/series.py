@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from toolkit.data.fetch import pip_members
-from toolkit.data.modules import BucketBatchSampler
+from toolkit.data.base import BucketBatchSampler
 from toolkit.data.readers import lines, read_text
 from toolkit.errors import ConfigError, DataError
 
@@ -344,6 +344,7 @@ class SeriesDataModule(pl.LightningDataModule):
     """Multivariate float sequences and one label (or one number) each (``vowels``, ``series``)."""
 
     kind = "series"
+    read = staticmethod(read_series)  # the user's files; the named sources are the archive's .ts files
 
     def __init__(self, source: str | None = None, train_file: str | None = None, val_file: str | None = None,
                  test_file: str | None = None, target: str = "class", missing: str = "error", id_col: str = "id",

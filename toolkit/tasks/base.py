@@ -1,9 +1,8 @@
-"""What every task head shares: the embedding -> Recurrent encoder, optimiser, checkpoint I/O."""
+"""What every task head shares: the embedding -> Recurrent encoder and the optimiser.
+
+Reading and writing checkpoints: ``toolkit.checkpoints``."""
 
 from __future__ import annotations
-
-import pickle
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -12,7 +11,7 @@ from torch import Tensor, nn
 
 from toolkit.cells import available_cells, cell_entries
 from toolkit.data.text import UNK_ID, Labels, Vocab
-from toolkit.errors import CheckpointError, ConfigError
+from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent
 
 OPTIMIZERS = ("adam", "sgd")
@@ -49,7 +48,7 @@ class SequenceTask(pl.LightningModule):
     """A task head on top of ``Recurrent``; subclasses add the head and the metrics.
 
     All constructor arguments are plain data (they are stored in the checkpoint and
-    rebuild the model there, see :func:`load_task`).
+    rebuild the model there, see :func:`toolkit.checkpoints.load_task`).
     """
 
     head: str
@@ -146,80 +145,3 @@ class SequenceTask(pl.LightningModule):
         # a manually optimised model (truncated BPTT) steps its schedule itself
         if not self.automatic_optimization and self.hparams.lr_schedule != "constant":
             self.lr_schedulers().step()
-
-
-def read_checkpoint(path: str | Path, expect: str | None = None) -> dict:
-    """A checkpoint's contents, loaded as tensors and plain data only (never pickled code).
-
-    Raises CheckpointError for a missing, truncated or foreign file, another format
-    version, or (with ``expect``) a model of another head.
-    """
-    from toolkit.tasks import HEADS
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path} is not a checkpoint this toolkit can read safely: it is not a "
-                              "torch checkpoint, or unpickling it would run code") from None
-    except Exception as e:  # truncated or otherwise damaged
-        raise CheckpointError(f"checkpoint {path} cannot be read, it may be truncated or damaged "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hp or "head" not in hp or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a Recurrent Toolkit checkpoint")
-    if hp.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written with checkpoint format {hp.get('format_version')}; "
-                              f"this toolkit reads format {FORMAT_VERSION}")
-    if hp["head"] not in HEADS:
-        raise CheckpointError(f"{path} holds a '{hp['head']}' model, which this toolkit cannot load")
-    if where := _hydra_key(hp):
-        raise CheckpointError(f"{path} holds a Hydra instantiation key ({where}); a checkpoint's "
-                              "hyper-parameters can only rebuild toolkit heads and registered cells")
-    cell = hp.get("cell")
-    if not isinstance(cell, dict) or not isinstance(cell.get("name"), str):
-        raise CheckpointError(f"{path} names no recurrent cell, so it is not a Recurrent Toolkit checkpoint")
-    if cell["name"] not in available_cells():
-        plugin = hp.get("cell_plugin") or {}
-        dist = plugin.get("distribution") if isinstance(plugin, dict) else None
-        install = (f"pip install '{dist}=={plugin.get('version')}'" if dist and plugin.get("version")
-                   else "pip install <the plugin that provides it>")
-        raise CheckpointError(f"{path} needs the cell '{cell['name']}'"
-                              + (f" from the plugin {dist}" if dist else "")
-                              + f", which is not installed; install it with: {install} (rtk plugins lists "
-                              "the installed cells)")
-    if expect is not None and hp["head"] != expect:
-        raise CheckpointError(f"{path} holds a {hp['head']} model, not a {expect} model")
-    return ckpt
-
-
-_HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
-
-
-def _hydra_key(node, where: str = "hyper_parameters") -> str | None:
-    """Where ``node`` holds a key Hydra's instantiate would act on (``_target_``, …), or None."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _HYDRA_KEYS:
-                return f"{where}.{key}"
-            if found := _hydra_key(value, f"{where}.{key}"):
-                return found
-    elif isinstance(node, (list, tuple)):
-        for i, value in enumerate(node):
-            if found := _hydra_key(value, f"{where}[{i}]"):
-                return found
-    return None
-
-
-def load_task(path: str | Path, expect: str | None = None) -> SequenceTask:
-    """Rebuild a trained task from a checkpoint (see :func:`read_checkpoint`)."""
-    from toolkit.tasks import HEADS
-
-    ckpt = read_checkpoint(path, expect)
-    hp = ckpt["hyper_parameters"]
-    model = HEADS[hp["head"]](**{k: v for k, v in hp.items() if k != "head"})
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model

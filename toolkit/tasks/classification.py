@@ -7,27 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from toolkit.data.modules import collate_classification, encode_text
+from toolkit.data.classification import collate_classification, encode_text
 from toolkit.errors import ConfigError
 from toolkit.tasks.base import SequenceTask
 
 POOLING = ("last", "mean", "max")
-
-
-def pool(y: Tensor, lengths: Tensor, how: str, num_directions: int) -> Tensor:
-    """(B, T, H*D) -> (B, H*D) over each sequence's own steps (``how``: one of POOLING)."""
-    mask = (torch.arange(y.size(1), device=y.device)[None, :] < lengths.to(y.device)[:, None])  # (B, T)
-    if how == "mean":
-        return y.sum(1) / lengths.to(y)[:, None]  # padded steps are zero
-    if how == "max":
-        return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
-    # last: the forward direction's state after the last real token, and (if
-    # bidirectional) the reverse direction's state after reading back to token 0.
-    last = y[torch.arange(y.size(0), device=y.device), lengths.to(y.device) - 1]  # (B, H*D)
-    if num_directions == 1:
-        return last
-    h = y.size(-1) // 2
-    return torch.cat([last[:, :h], y[:, 0, h:]], -1)
 
 
 class ClassificationTask(SequenceTask):
@@ -49,7 +33,21 @@ class ClassificationTask(SequenceTask):
 
     def pool(self, y: Tensor, lengths: Tensor) -> Tensor:
         """(B, T, H*D) -> (B, H*D) over each sequence's own steps."""
-        return pool(y, lengths, self.hparams.pooling, self.rnn.num_directions)
+        mask = (torch.arange(y.size(1), device=y.device)[None, :] < lengths.to(y.device)[:, None])  # (B, T)
+        if self.hparams.pooling == "mean":
+            return y.sum(1) / lengths.to(y)[:, None]
+        if self.hparams.pooling == "max":
+            return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
+        return self.last(y, lengths)
+
+    def last(self, y: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, H*D) -> (B, H*D): the forward direction's state after the last real token, and
+        (if bidirectional) the reverse direction's state after reading back to token 0."""
+        h = self.hparams.hidden_size
+        last = y[torch.arange(y.size(0), device=y.device), lengths.to(y.device) - 1]  # (B, H*D)
+        if self.rnn.num_directions == 1:
+            return last
+        return torch.cat([last[:, :h], y[:, 0, h:]], -1)
 
     def forward(self, batch: dict) -> Tensor:
         y = self.encode(batch)  # (B, T, H*D)
@@ -105,3 +103,10 @@ class ClassificationTask(SequenceTask):
             label, prob = self.predict_text(ex["text"])
             rows.append([ex["text"], ex["label"], label, round(prob, 4)])
         return ["text", "gold", "predicted", "probability"], rows
+
+
+def last_step_loss(model: ClassificationTask, batch: dict) -> Tensor:
+    """The gradient diagnostic's loss: the head's 'last' pooling whatever ``model.pooling`` says
+    (the loss reads only the last step), summed over the batch."""
+    y = model.encode(batch)  # (B, T, H * D)
+    return F.cross_entropy(model.out(model.last(y, batch["lengths"])), batch["labels"], reduction="sum")

@@ -293,3 +293,15 @@ class LanguageModelTask(SequenceTask):
     def sample_table(self, examples) -> tuple[list[str], list[list]]:
         samples = self.sample(min(len(examples), 20), temperature=self.hparams.temperature, seed=0, max_len=60)
         return ["sample"], [[self.join(s)] for s in samples]
+
+
+def last_step_loss(model: LanguageModelTask, batch: dict) -> Tensor:
+    """The gradient diagnostic's loss: the next-token loss at each sequence's last real step, from a
+    zero state, summed over the batch."""
+    lengths = batch.get("lengths")  # a truncated-BPTT chunk has none: every stream is full length
+    logits, _ = model(batch["tokens"], lengths)  # (B, T, V), from a zero state
+    rows = torch.arange(logits.size(0), device=logits.device)
+    last = (lengths.to(logits.device) - 1 if lengths is not None
+            else torch.full_like(rows, logits.size(1) - 1))
+    return F.cross_entropy(logits[rows, last], batch["targets"][rows, last], reduction="sum",
+                           ignore_index=-100)

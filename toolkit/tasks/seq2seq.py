@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from toolkit.data.pairs import BOS_ID, EOS_ID, PAD_ID, SPECIALS, collate_pairs, strip_stress
+from toolkit.data.seq2seq import BOS_ID, EOS_ID, PAD_ID, SPECIALS, collate_pairs, strip_stress
 from toolkit.data.text import normalize, tokenize
 from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent

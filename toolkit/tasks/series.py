@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from toolkit.data.series import collate_series, read_series
 from toolkit.errors import ConfigError, DataError
 from toolkit.tasks.base import SequenceTask
-from toolkit.tasks.classification import POOLING, pool
+from toolkit.tasks.classification import POOLING, ClassificationTask
 
 
 class SeriesTask(SequenceTask):
@@ -52,6 +52,10 @@ class SeriesTask(SequenceTask):
                 for stage in ("val", "test") for name, metric in (("acc", MulticlassAccuracy), ("f1", MulticlassF1Score))
             })
 
+    # the text classifier's pooling over each sequence's own steps (model.pooling: last | mean | max)
+    pool = ClassificationTask.pool
+    last = ClassificationTask.last
+
     def input_size(self) -> int:
         return self.hparams.projection or self.hparams.spec["features"]
 
@@ -65,7 +69,7 @@ class SeriesTask(SequenceTask):
 
     def forward(self, batch: dict) -> Tensor:
         """(B, n_labels) logits, or (B,) standardised targets."""
-        out = self.out(pool(self.encode(batch), batch["lengths"], self.hparams.pooling, self.rnn.num_directions))
+        out = self.out(self.pool(self.encode(batch), batch["lengths"]))
         return out.squeeze(-1) if self.regression else out
 
     def loss(self, out: Tensor, batch: dict) -> Tensor:
@@ -153,3 +157,12 @@ class SeriesTask(SequenceTask):
                 lines.append(f"{split} sequence {i} ({len(it['x'])} steps): {pred[0]} (p = {pred[1]:.3f}) · "
                              f"gold {self.labels.names[it['label']]}")
         return "predict", lines
+
+
+def last_step_loss(model: SeriesTask, batch: dict) -> Tensor:
+    """The gradient diagnostic's loss: the prediction from the last step ('last' pooling whatever
+    ``model.pooling`` says), summed over the batch."""
+    out = model.out(model.last(model.encode(batch), batch["lengths"]))
+    if model.regression:
+        return F.mse_loss(out.squeeze(-1), batch["targets"], reduction="sum")
+    return F.cross_entropy(out, batch["labels"], reduction="sum")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from seqeval.metrics import f1_score, precision_score, recall_score
 from torch import Tensor, nn
 
-from toolkit.data.modules import collate_tagging, encode_tagging
+from toolkit.data.tagging import collate_tagging, encode_tagging
 from toolkit.data.text import SHAPES, Vocab, tokenize
 from toolkit.errors import ConfigError
 from toolkit.layers import Recurrent
@@ -243,3 +243,13 @@ class TaggingTask(SequenceTask):
         rows = [[" ".join(ex["tokens"]), " ".join(ex["tags"]), " ".join(self.predict_tokens(ex["tokens"]))]
                 for ex in examples]
         return ["tokens", "gold", "predicted"], rows
+
+
+def last_step_loss(model: TaggingTask, batch: dict) -> Tensor:
+    """The gradient diagnostic's loss: the last token's own softmax (also for a CRF tagger, whose
+    emissions are these logits), summed over the batch."""
+    logits = model(batch)  # (B, T, K)
+    rows = torch.arange(logits.size(0), device=logits.device)
+    last = batch["lengths"].to(logits.device) - 1
+    tags = model.network_tags(batch["tags"])  # the ids the network scores (BIOES under tag_scheme=bioes)
+    return F.cross_entropy(logits[rows, last], tags[rows, last], reduction="sum")

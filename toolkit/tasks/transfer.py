@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from toolkit.checkpoints import read_checkpoint
 from toolkit.errors import ConfigError
-from toolkit.tasks.base import SequenceTask, read_checkpoint
+from toolkit.tasks.base import SequenceTask
 
 HEADS_THAT_TRANSFER = ("tagging", "classification")
 

@@ -1,4 +1,4 @@
-"""Data for sequence-to-sequence pairs (many-to-many, Tx != Ty): a spelling -> a token sequence.
+"""Data for the seq2seq head: pairs (many-to-many, Tx != Ty): a spelling -> a token sequence.
 
 An example is a source string and every reference target for it, ``{"word", "prons"}``:
 a CMUdict headword with all its pronunciations (``g2p``), or the rows of a user's CSV /
@@ -13,8 +13,7 @@ is its space-separated tokens.
   the first one for the (teacher-forced) loss.
 
 Target ids: 0 ``<pad>``, 1 ``<bos>``, 2 ``<eos>``, then the training targets' tokens
-(``spec["labels"]``, sorted) from 3 on. ``toolkit.data.registry`` maps the ``seq2seq``
-head to this module.
+(``spec["labels"]``, sorted) from 3 on.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ import re
 
 import torch
 
-from toolkit.data.modules import _pad, _SplitDataModule
-from toolkit.data import text
+from toolkit.data import readers, text
+from toolkit.data.base import SplitDataModule, pad
 from toolkit.errors import ConfigError, DataError
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -41,22 +40,23 @@ def collate_pairs(items: list[dict]) -> dict:
     """Source ids (B, S) and lengths; with targets, the decoder's input ``<bos> y1 … yn`` and
     output ``y1 … yn <eos>`` (B, n+1), output padding -100; with references, their label ids."""
     batch = {
-        "tokens": _pad([it["tokens"] for it in items], PAD_ID),
+        "tokens": pad([it["tokens"] for it in items], PAD_ID),
         "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long),
     }
     if "target" in items[0]:
         target = [[t + len(SPECIALS) for t in it["target"]] for it in items]
-        batch["dec_in"] = _pad([[BOS_ID, *t] for t in target], PAD_ID)
-        batch["dec_out"] = _pad([[*t, EOS_ID] for t in target], -100)
+        batch["dec_in"] = pad([[BOS_ID, *t] for t in target], PAD_ID)
+        batch["dec_out"] = pad([[*t, EOS_ID] for t in target], -100)
     if "refs" in items[0]:
         batch["refs"] = [it["refs"] for it in items]  # plain lists: Lightning moves only tensors
     return batch
 
 
-class PairsDataModule(_SplitDataModule):
+class PairsDataModule(SplitDataModule):
     """Source strings and their target sequences (``g2p``, ``seq2seq``)."""
 
-    kind = "pairs"
+    kind = "seq2seq"
+    read = staticmethod(readers.read_pairs)
     collate = staticmethod(collate_pairs)
 
     def __init__(self, *, source_col: str = "source", target_col: str = "target", stress: bool = True,

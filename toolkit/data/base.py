@@ -1,6 +1,8 @@
-"""LightningDataModules for tagging (many-to-many) and classification (many-to-one).
+"""What every head's data module shares: loading the splits, the bucketing sampler, padding.
 
-Examples come from a named source (``data.source``) or the user's files
+Each head family has its own module beside this one (``toolkit/data/<head>.py``
+mirrors ``toolkit/tasks/<head>.py``), with a ``SplitDataModule`` subclass that
+names its reader of user files and encodes one example. Examples come from a named source (``data.source``) or the user's files
 (``data.train_file`` / ``val_file`` / ``test_file``), pass through Hugging Face
 ``datasets`` (cached as Arrow under the HF datasets cache) and are encoded with a
 vocabulary built on the training split only.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -18,8 +21,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from toolkit.data import readers, sources
-from toolkit.data.text import Labels, Vocab, normalize, shape, tokenize
+from toolkit.data import sources
+from toolkit.data.text import Labels, Vocab
 from toolkit.errors import ConfigError, DataError, ToolkitError
 
 log = logging.getLogger(__name__)
@@ -30,18 +33,13 @@ _FILE_KEYS = {"train": "train_file", "validation": "val_file", "test": "test_fil
 
 
 # ----------------------------------------------------------------------------- loading
-def _generate(kind: str, origin: str, split: str, options: dict, stamp: str):
-    """Rows of one split; ``stamp`` only keys the HF cache (file size + mtime)."""
+def _generate(read: Callable[..., list[dict]], origin: str, split: str, options: dict, stamp: str):
+    """Rows of one split: a named source's, or ``read(origin, **options)``'s (the head's reader of
+    user files); ``stamp`` only keys the HF cache (file size + mtime)."""
     if origin in sources.SOURCES:
         rows = sources.standard_split(sources.SOURCES[origin]())[split]
-    elif kind == "tagging":
-        rows = readers.read_conll(origin, **options)
-    elif kind == "lm":
-        rows = readers.read_lines(origin, **options)
-    elif kind == "pairs":
-        rows = readers.read_pairs(origin, **options)
     else:
-        rows = readers.read_table(origin, **options)
+        rows = read(origin, **options)
     yield from rows
 
 
@@ -53,8 +51,11 @@ def _stamp(origin: str) -> str:
     return origin
 
 
-def load_splits(kind: str, source: str | None, files: dict[str, str | None], options: dict) -> dict:
-    """{"train", "validation", "test"} -> datasets.Dataset (test may be None for user files)."""
+def load_splits(kind: str, read: Callable[..., list[dict]], source: str | None, files: dict[str, str | None],
+                options: dict) -> dict:
+    """{"train", "validation", "test"} -> datasets.Dataset (test may be None for user files).
+
+    ``kind`` (the head's name) keys the cache; ``read`` reads a user file (a path and ``options``)."""
     if source is not None and any(files.values()):
         raise ConfigError("set either data.source or data.train_file/val_file/test_file, not both")
     if source is None and not files.get("train"):
@@ -75,7 +76,7 @@ def load_splits(kind: str, source: str | None, files: dict[str, str | None], opt
         try:
             out[split] = datasets.Dataset.from_generator(
                 _generate,
-                gen_kwargs={"kind": kind, "origin": origin, "split": split, "options": options, "stamp": key},
+                gen_kwargs={"read": read, "origin": origin, "split": split, "options": options, "stamp": key},
             )
         except datasets.exceptions.DatasetGenerationError as e:
             # the reader's own sentence (file and line, or the missing package), not HF's wrapper
@@ -93,7 +94,7 @@ def load_splits(kind: str, source: str | None, files: dict[str, str | None], opt
 
 
 # ----------------------------------------------------------------------------- batching
-def _rank_and_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -124,7 +125,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def batches(self) -> list[list[int]]:
         """This rank's batches for the current epoch (computed once per epoch)."""
-        key = (self.epoch, self.bucketing, self.batch_size, *_rank_and_world())
+        key = (self.epoch, self.bucketing, self.batch_size, *rank_and_world())
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._make_batches())
         return self._cache[1]
@@ -132,7 +133,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     def _make_batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.lengths)
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
         if not self.shuffle and world > 1:
             order = order[rank::world]  # evaluation: each example on exactly one rank
@@ -167,64 +168,23 @@ class BucketBatchSampler(Sampler[list[int]]):
         return 1 - real / padded if padded else 0.0
 
 
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    """Id lists -> (B, longest), filled with ``value`` past each one's end."""
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
 
 
-def _pad_chars(words: list[list[list[int]]]) -> torch.Tensor:
-    """Per-sentence lists of per-token char ids -> (B, T, W), zero-padded."""
-    t = max(len(w) for w in words)
-    width = max(len(c) for w in words for c in w)
-    out = torch.zeros(len(words), t, width, dtype=torch.long)
-    for b, sent in enumerate(words):
-        for i, c in enumerate(sent):
-            out[b, i, : len(c)] = torch.tensor(c, dtype=torch.long)
-    return out
-
-
-# ----------------------------------------------------------------------------- encoders
-MAX_WORD_CHARS = 20  # longer tokens (URLs) keep their first 20 characters for the char CNN
-
-
-def encode_tagging(tokens: list[str], vocab: Vocab, norm: str, chars: Vocab) -> dict:
-    return {"tokens": vocab.encode(normalize(t, norm) for t in tokens),
-            "shapes": [shape(t) for t in tokens],
-            "chars": [chars.encode(t[:MAX_WORD_CHARS]) for t in tokens]}
-
-
-def encode_text(text: str, vocab: Vocab, tokenizer: str, norm: str) -> dict:
-    toks = tokenize(text, tokenizer)
-    return {"tokens": vocab.encode(normalize(t, norm) for t in toks)}
-
-
-def collate_tagging(items: list[dict]) -> dict:
-    batch = {
-        "tokens": _pad([it["tokens"] for it in items], 0),
-        "shapes": _pad([it["shapes"] for it in items], 0),
-        "chars": _pad_chars([it["chars"] for it in items]),
-        "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long),
-    }
-    if "tags" in items[0]:
-        batch["tags"] = _pad([it["tags"] for it in items], -100)
-    return batch
-
-
-def collate_classification(items: list[dict]) -> dict:
-    batch = {
-        "tokens": _pad([it["tokens"] for it in items], 0),
-        "lengths": torch.tensor([len(it["tokens"]) for it in items], dtype=torch.long),
-    }
-    if "label" in items[0]:
-        batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
-    return batch
-
-
 # ----------------------------------------------------------------------------- modules
-class _SplitDataModule(pl.LightningDataModule):
-    """Shared loading, vocabulary and batching; subclasses encode one example."""
+class SplitDataModule(pl.LightningDataModule):
+    """Shared loading, vocabulary and batching; subclasses encode one example.
+
+    A subclass sets ``kind`` (its head's name), ``read`` (its reader of user files, a
+    ``staticmethod``) and ``collate``, and defines ``_train_tokens``, ``_train_labels``
+    and ``_encode_split``.
+    """
 
     kind: str
+    read: Callable[..., list[dict]]
 
     def __init__(self, source: str | None = None, train_file: str | None = None,
                  val_file: str | None = None, test_file: str | None = None,
@@ -260,7 +220,7 @@ class _SplitDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        splits = load_splits(self.kind, self.source,
+        splits = load_splits(self.kind, self.read, self.source,
                              {k: self.files[k] for k in SPLITS}, self.reader_options)
         train = splits["train"]
         if len(train) == 0:
@@ -314,70 +274,3 @@ class _SplitDataModule(pl.LightningDataModule):
 
     def has_test(self) -> bool:
         return self.encoded.get("test") is not None
-
-
-class TaggingDataModule(_SplitDataModule):
-    """Token sequences with one tag per token (``ner``, ``tagging``)."""
-
-    kind = "tagging"
-    collate = staticmethod(collate_tagging)
-
-    def __init__(self, *, token_col: int = 0, tag_col: int = -1, sep: str | None = None,
-                 scheme: str | None = "bio", tokenizer: str = "tweet", normalize: str = "twitter", **kw):
-        super().__init__(tokenizer=tokenizer, normalize=normalize, **kw)
-        self.chars: Vocab | None = None  # built from the training tokens alongside the vocabulary
-        if self.source is None:
-            self.reader_options = {"token_col": token_col, "tag_col": tag_col, "sep": sep, "scheme": scheme}
-
-    def spec(self) -> dict:
-        return {**super().spec(), "chars": self.chars.itos}
-
-    def _train_tokens(self, train):
-        tokens = [t for toks in train["tokens"] for t in toks]
-        self.chars = Vocab.build(c for t in tokens for c in t[:MAX_WORD_CHARS])
-        return (normalize(t, self.norm) for t in tokens)
-
-    def _train_labels(self, train):
-        return {t for tags in train["tags"] for t in tags}
-
-    def _encode_split(self, data, split):
-        out = []
-        for ex in data:
-            item = encode_tagging(ex["tokens"], self.vocab, self.norm, self.chars)
-            try:
-                item["tags"] = [self.labels.index[t] for t in ex["tags"]]
-            except KeyError as e:
-                raise self._unseen(e.args[0], split) from None
-            out.append(item)
-        return out
-
-
-class ClassificationDataModule(_SplitDataModule):
-    """A sequence and one label (``sentiment``, ``peptides``, ``classification``)."""
-
-    kind = "classification"
-    collate = staticmethod(collate_classification)
-
-    def __init__(self, *, text_col: str = "text", label_col: str = "label", **kw):
-        super().__init__(**kw)
-        if self.source is None:
-            self.reader_options = {"text_col": text_col, "label_col": label_col}
-
-    def _train_tokens(self, train):
-        return (normalize(t, self.norm) for text in train["text"] for t in tokenize(text, self.tokenizer))
-
-    def _train_labels(self, train):
-        return set(train["label"])
-
-    def _encode_split(self, data, split):
-        out = []
-        for i, ex in enumerate(data):
-            item = encode_text(ex["text"], self.vocab, self.tokenizer, self.norm)
-            if not item["tokens"]:
-                raise DataError(f"{self._where(split)}: example {i} of the {split} split has no tokens")
-            if ex["label"] not in self.labels.index:
-                raise self._unseen(ex["label"], split)
-            item["label"] = self.labels.index[ex["label"]]
-            out.append(item)
-        return out
-
