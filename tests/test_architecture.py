@@ -121,3 +121,44 @@ def test_a_head_whose_data_module_carries_another_name_is_refused():
         register(replace(HEADS["tagging"], name="tagger"))
     with pytest.raises(ValueError, match="registered twice"):
         register(HEADS["tagging"])
+
+
+def test_the_readme_layout_map_names_every_module():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    sections = {"": layout}  # the block of each package: from its "name/" line to the next top-level entry
+    for package in ("cells", "tasks", "data", "testing"):
+        start = layout.index(f"  {package}/")
+        rest = layout[start + 1:]
+        end = min((rest.index(f"\n  {w}") for w in ("cells/", "layers.py", "heads.py", "tasks/", "data/",
+                                                     "checkpoints.py", "testing/", "config.py")
+                   if f"\n  {w}" in rest and rest.index(f"\n  {w}") > 0), default=len(rest))
+        sections[package] = rest[:end]
+    missing = []
+    for path in sorted(PACKAGE.glob("**/*.py")):
+        rel = path.relative_to(PACKAGE)
+        if path.name == "__init__.py" or rel.parts[0] == "conf":
+            continue
+        where = sections[rel.parts[0]] if len(rel.parts) > 1 else layout
+        if path.name not in where:
+            missing.append(str(rel))
+    assert not missing, f"README's layout map does not name: {', '.join(missing)}"
+
+
+def test_every_function_level_import_says_why_it_is_not_at_the_top():
+    # deferred imports hide the dependency graph; each one must carry its reason (start-up time, an
+    # optional dependency) on its line or in the comment just above it
+    unexplained = []
+    for name, path in _modules().items():
+        lines = path.read_text().splitlines()
+
+        def visit(node, in_function):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.Import, ast.ImportFrom)) and in_function:
+                    nearby = lines[max(0, child.lineno - 6):child.lineno]
+                    if not any("#" in line for line in nearby):
+                        unexplained.append(f"{path.relative_to(PACKAGE.parent)}:{child.lineno}")
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+        visit(ast.parse("\n".join(lines)), False)
+    assert not unexplained, "function-level imports without a reason: " + ", ".join(unexplained)

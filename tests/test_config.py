@@ -123,10 +123,7 @@ def test_every_problem_is_reported_at_once(compose):
 
 
 def test_bidirectional_language_model_is_rejected_in_one_sentence(compose):
-    cfg = compose(["task=peptides"])
-    cfg.task.causal = True
-    cfg.task.name = "char_lm"
-    msg = errors_of(lambda _: cfg, [])
+    msg = errors_of(compose, ["task=char_lm", "direction=bi"])
     assert "direction=bi with task=char_lm" in msg and "direction=uni" in msg
 
 
@@ -154,3 +151,16 @@ def test_every_trainer_and_logger_composes(compose, trainer, logger):
 def test_ddp_cpu_runs_two_cpu_processes(compose):
     cfg = compose(["trainer=ddp_cpu"])
     assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy) == ("cpu", 2, "ddp")
+
+
+def test_head_hyper_parameters_are_checked_with_the_rest_before_any_data_and_all_at_once(compose):
+    # a typo in model.decode or model.pooling used to cost a data load and be reported alone
+    msg = errors_of(compose, ["task=ner", "model.decode=vitterbi", "model.char_kernel=2", "model.dropout=2",
+                              "seed=1.5"])
+    for needle in ("model.decode='vitterbi' must be one of", "model.char_kernel=2 must be an odd whole number",
+                   "model.dropout=2 must be a number in [0, 1)", "seed=1.5"):
+        assert needle in msg, needle
+    assert "model.pooling='maxx' is not one of: last, mean, max" in errors_of(
+        compose, ["task=sentiment", "model.pooling=maxx"])
+    assert "model.beam_size=0 must be a whole number of at least 1" in errors_of(
+        compose, ["task=g2p", "model.beam_size=0"])

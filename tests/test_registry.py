@@ -221,3 +221,22 @@ def test_disable_plugin_autoload_keeps_only_the_builtins(plugins, monkeypatch, v
         with pytest.raises(CellError, match="unknown cell 'good'"):
             build_cell("good", 3, 4)
         assert [r["name"] for r in describe_cells()] == BUILTINS
+
+
+class LeakyCell(GoodCell):
+    def __init__(self, input_size, hidden_size, alpha: float = 0.5, sizes: tuple = (1, 2), act=torch.tanh):
+        super().__init__(input_size, hidden_size)
+        self.alpha = alpha
+
+
+def test_a_plugin_cells_hparam_defaults_reach_hydra_from_its_signature(plugins, compose, monkeypatch):
+    from hydra.core.config_store import ConfigStore
+
+    sys.modules["rtk_fake_plugin"].LeakyCell = LeakyCell
+    plugins(CellEntry("leaky_rnn", "rtk_fake_plugin:LeakyCell", "rtk-leaky-rnn", "0.1.0"))
+    repo = ConfigStore.instance().repo
+    monkeypatch.setitem(repo, "cell", dict(repo.get("cell", {})))  # the stored leaky_rnn node goes at teardown
+    assert LeakyCell.hparam_defaults() == {"alpha": 0.5, "sizes": [1, 2]}  # a function is no config value
+    assert dict(compose(["cell=leaky_rnn"]).cell) == {"name": "leaky_rnn", "backend": "auto", "alpha": 0.5,
+                                                     "sizes": [1, 2]}
+    assert compose(["cell=leaky_rnn", "cell.alpha=0.2"]).cell.alpha == 0.2  # no '+' needed

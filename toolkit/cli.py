@@ -60,7 +60,7 @@ def parse_pairs(args: list[str], accepted: dict[str, bool], command: str) -> dic
 
 
 def cmd_plugins(args: list[str]) -> int:
-    from toolkit.cells import describe_cells
+    from toolkit.cells import describe_cells  # torch: only for this command (rtk --help stays instant)
 
     parse_pairs(args, {}, "plugins")
     rows = describe_cells()
@@ -99,23 +99,20 @@ def cmd_predict(args: list[str]) -> int:
     opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "predict")
     if "ckpt" not in opts:
         raise ConfigError("rtk predict: ckpt=<path to a .ckpt> is required")
-    from pathlib import Path
+    file_only = "text" not in opts and "input" in opts  # lines of text, or sequences for a head with predict_file
+    if file_only and not Path(opts["input"][0]).is_file():
+        raise ConfigError(f"rtk predict: input={opts['input'][0]}: no such file")
+    texts = None if file_only else _texts(opts, "predict")
+    # torch and Lightning: only once the arguments are good
+    from toolkit.checkpoints import load_task
+    from toolkit.heads import HEADS
 
-    model = None
-    if "text" not in opts and "input" in opts:  # a file of lines, or of sequences for a series model
-        if not Path(opts["input"][0]).is_file():
-            raise ConfigError(f"rtk predict: input={opts['input'][0]}: no such file")
-        from toolkit.checkpoints import load_task
-        from toolkit.heads import HEADS
-
-        model = load_task(opts["ckpt"][0])
-        if (predict_file := HEADS[model.head].predict_file) is not None:  # e.g. series: .npz / .ts / long CSV
+    model = load_task(opts["ckpt"][0])
+    if texts is None:
+        if (predict_file := HEADS[model.head].predict_file) is not None:  # series: .npz / .ts / long CSV
             print("\n".join(predict_file(model, opts["input"][0])))
             return 0
-    texts = _texts(opts, "predict")
-    from toolkit.checkpoints import load_task  # torch and Lightning: only once the arguments are good
-
-    model = model or load_task(opts["ckpt"][0])
+        texts = _texts(opts, "predict")
     for i, text in enumerate(texts):
         lines = model.predict_lines(text)
         if i and len(lines) > 1:
@@ -172,7 +169,7 @@ def cmd_generate(args: list[str]) -> int:
     out = Path(opts["out"][0]) if "out" in opts else None
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"rtk generate: out={out}: the folder {out.parent} does not exist")
-    from toolkit.checkpoints import load_task
+    from toolkit.checkpoints import load_task  # torch and Lightning: only once the arguments are good
 
     model = load_task(opts["ckpt"][0], expect="language_model")
     prompt = model.text_tokens(opts["prompt"][0]) if "prompt" in opts else None
@@ -186,7 +183,7 @@ def cmd_generate(args: list[str]) -> int:
     for s in samples:
         print(model.join(s))
     if out is not None:
-        from toolkit.data.music import write_midi
+        from toolkit.data.music import write_midi  # only for music; music21 loads there
 
         written = []
         for i, s in enumerate(samples):
@@ -202,7 +199,7 @@ def cmd_score(args: list[str]) -> int:
     if "ckpt" not in opts:
         raise ConfigError("rtk score: ckpt=<path to a language model's .ckpt> is required")
     texts = _texts(opts, "score")
-    from toolkit.checkpoints import load_task
+    from toolkit.checkpoints import load_task  # torch and Lightning: only once the arguments are good
 
     model = load_task(opts["ckpt"][0], expect="language_model")
     scored = []
@@ -224,7 +221,7 @@ def cmd_score(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from toolkit.report import write_report
+    from toolkit.report import write_report  # only for this command
 
     positional = [a for a in args if "=" not in a]
     opts = parse_pairs([a for a in args if "=" in a], {"dir": False, "out": False}, "report")
@@ -253,8 +250,8 @@ def _diagnose_whole(opts: dict, key: str, default: int, least: int) -> int:
 def cmd_diagnose(args: list[str]) -> int:
     """``rtk diagnose [cells=rnn,gru,lstm] [length=100] [hidden_size=64] [steps=200] [seed=0] [lr=0.01]
     [out=gradients.png]``"""
-    from toolkit.cells import available_cells  # torch and the measurement: only for this command
-    from toolkit.diagnose import diagnose
+    from toolkit.cells import available_cells  # torch: only for this command
+    from toolkit.diagnose import diagnose  # torch and Lightning: only for this command
 
     keys = ("cells", "length", "hidden_size", "steps", "seed", "lr", "out")
     opts = parse_pairs(args, dict.fromkeys(keys, False), "diagnose")

@@ -10,35 +10,40 @@ import difflib
 import importlib.util
 import inspect
 from collections.abc import Mapping
+from importlib.resources import files
 
+import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import Trainer
 
-from toolkit.cells import available_cells, build_cell, load_cell_class
-from toolkit.errors import CellError, ConfigError
-from toolkit.heads import HEADS
+from toolkit.cells import available_cells, build_cell, cell_hparams, load_cell_class
+from toolkit.errors import CellError, ConfigError, whole_number_problem
+from toolkit.heads import HEADS, diagnose_problem
+from toolkit.layers import BACKENDS
+from toolkit.tasks.base import SequenceTask
 
 
 def register_plugin_cells() -> None:
     """Give every registered cell without its own conf/cell/<name>.yaml a config node.
 
-    Reads entry-point metadata only, so ``cell=<plugin name>`` works in Hydra as
-    soon as the plugin is pip-installed, with no change in core.
+    The node holds the hparam defaults of the cell's ``__init__`` (its signature is the
+    one home of them), so ``cell=<plugin name> cell.<hparam>=…`` works in Hydra, and
+    ``--cfg job`` shows them, as soon as the plugin is pip-installed, with no change in
+    core. A plugin that fails to load gets a bare node; ``cell=<its name>`` then
+    reports why in one sentence (``validate``).
     """
-    from importlib.resources import files
-
-    from hydra.core.config_store import ConfigStore
-
     shipped = {p.name.removesuffix(".yaml") for p in files("toolkit.conf").joinpath("cell").iterdir()}
     cs = ConfigStore.instance()
     for name in available_cells():
-        if name not in shipped:
-            cs.store(group="cell", name=name, node={"name": name, "backend": "auto"})
-
-
-def _positive_int(cfg: DictConfig, key: str, errors: list[str]) -> None:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        errors.append(f"{key}={value!r} must be a whole number of at least 1")
+        if name in shipped:
+            continue
+        node = {"name": name, "backend": "auto"}
+        try:
+            node |= load_cell_class(name).hparam_defaults()
+        except CellError:
+            pass
+        cs.store(group="cell", name=name, node=node)
 
 
 _TRAINER_INTS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "log_every_n_steps",
@@ -48,8 +53,6 @@ _TRAINER_NUMBERS = ("gradient_clip_val", "limit_train_batches", "limit_val_batch
 
 
 def _trainer_keys(errors: list[str], trainer: dict) -> None:
-    from pytorch_lightning import Trainer
-
     accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
     reserved = {"logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins"}
     for key in trainer:
@@ -118,36 +121,26 @@ def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every problem in ``cfg`` (nothing is built yet)."""
 
     errors: list[str] = []
-    for key in ("depth", "hidden_size"):
-        _positive_int(cfg, key, errors)
-    if cfg.direction not in ("uni", "bi"):
-        errors.append(f"direction={cfg.direction!r} must be 'uni' or 'bi'")
-    elif cfg.direction == "bi" and cfg.task.get("causal", False):
-        errors.append(f"direction=bi with task={cfg.task.name}: a language model must not see the "
-                      "tokens it predicts, so it can only be unidirectional (direction=uni)")
-    if cfg.task.get("head") not in HEADS:
+    head = HEADS.get(cfg.task.get("head"))
+    # the head's hyper-parameters (depth, direction, hidden_size, model.*), checked by the head itself
+    # (an unknown head: the keys every head shares)
+    hp = {"depth": cfg.depth, "direction": cfg.direction, "hidden_size": cfg.hidden_size,
+          "task_name": cfg.task.get("name", ""), **OmegaConf.to_container(cfg.model, resolve=True)}
+    errors += (head.task if head else SequenceTask).problems(hp)
+    if head is None:
         errors.append(f"task.head={cfg.task.get('head')!r} is not one of: {', '.join(HEADS)}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         errors.append(f"seed={cfg.seed!r} must be a whole number")
-    if cfg.patience is not None and (not isinstance(cfg.patience, int) or cfg.patience < 1):
-        errors.append(f"patience={cfg.patience!r} must be a whole number of at least 1, or null")
+    if problem := whole_number_problem("patience", cfg.patience, null=True):
+        errors.append(problem)
     diagnose = cfg.get("diagnose", False)
     if not isinstance(diagnose, bool):
         errors.append(f"diagnose={diagnose!r} must be true or false")
-    elif diagnose and cfg.task.get("head") in HEADS:
-        from toolkit.diagnose import head_problem
-
-        if problem := head_problem(cfg.task.head):
-            errors.append(problem)
+    elif diagnose and head is not None and (problem := diagnose_problem(head.name)):
+        errors.append(problem)
     if cfg.data.get("target") == "regression" and cfg.task.get("monitor") in ("val_acc", "val_f1"):
         errors.append(f"data.target=regression with task.monitor={cfg.task.monitor}: a regression reports "
                       "val_mse and val_mae, not accuracy; use task=series_regression")
-    dropout = cfg.model.get("dropout", 0.0)
-    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        errors.append(f"model.dropout={dropout!r} must be a number in [0, 1)")
-    lr = cfg.model.get("lr", 1e-3)
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        errors.append(f"model.lr={lr!r} must be a positive number")
     _trainer_keys(errors, cfg.trainer)
     if cfg.trainer.get("limit_val_batches") == 0 and cfg.patience is not None:
         errors.append(f"trainer.limit_val_batches=0 leaves no {cfg.task.get('monitor')} for early stopping "
@@ -165,19 +158,15 @@ def validate(cfg: DictConfig) -> None:
             errors.append(f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} does not "
                           f"apply with model.tbptt_steps={tbptt!r} (truncated BPTT optimises manually); "
                           "raise data.batch_size instead")
-    if cfg.model.get("tie_weights") and cfg.model.get("embedding_dim") != cfg.hidden_size:
-        # the head says the same when built, but only after the data is loaded
-        errors.append(f"model.tie_weights=true needs model.embedding_dim ({cfg.model.get('embedding_dim')}) "
-                      f"equal to hidden_size ({cfg.hidden_size})")
     try:
         cls = load_cell_class(cfg.cell.name)
-        hparams = {k: v for k, v in cfg.cell.items() if k not in ("name", "backend")}
+        hparams = cell_hparams(cfg.cell)
         cls.validate_hparams(hparams, name=cfg.cell.name)
         build_cell(cfg.cell.name, 2, 2, **hparams)  # a tiny one: catches bad values, not just bad names
     except CellError as e:
         errors.append(str(e))
-    if cfg.cell.get("backend", "auto") not in ("auto", "native", "sequence", "loop"):
-        errors.append(f"cell.backend={cfg.cell.backend!r} is not one of: auto, native, sequence, loop")
+    if cfg.cell.get("backend", "auto") not in BACKENDS:
+        errors.append(f"cell.backend={cfg.cell.backend!r} is not one of: {', '.join(BACKENDS)}")
     if errors:
         raise ConfigError("; ".join(errors))
 
@@ -200,8 +189,6 @@ def check_environment(cfg: DictConfig) -> None:
                           f"pip install 'recurrent-toolkit[{extra}]'")
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     precision = str(cfg.trainer.get("precision", "32"))
-    import torch
-
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         cpu = "trainer=ddp_cpu" if str(cfg.trainer.get("strategy", "auto")).startswith("ddp") else "trainer=cpu"
         errors.append(f"trainer.accelerator={accelerator} needs a CUDA GPU, and torch finds none on this machine "

@@ -33,13 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
 from toolkit.files import write_atomic
-from toolkit.heads import HEADS
+from toolkit.heads import HEADS, diagnose_problem
 from toolkit.layers import Recurrent, length_mask
 
 
@@ -208,13 +209,13 @@ def table(results: list[dict], steps: int) -> str:
 
 # --------------------------------------------------------------------- plotting
 def plot_norms(panels: list[tuple[str, dict[str, Tensor]]], out: Path, ylabel: str = "||dL/da<t>||"):
-    """One log-scale panel per (title, {label: norms by distance}); returns the figure (open)."""
-    import matplotlib
+    """One log-scale panel per (title, {label: norms by distance}); returns the figure.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A plain Figure, outside pyplot: no backend to pick, nothing to close."""
+    from matplotlib.figure import Figure  # here, not at the top: seconds of start-up, only when a plot is drawn
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), sharey=True, squeeze=False)
+    fig = Figure(figsize=(4.6 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
         for i, (label, norms) in enumerate(series.items()):
             values = norms.double().cpu()
@@ -232,13 +233,11 @@ def plot_norms(panels: list[tuple[str, dict[str, Tensor]]], out: Path, ylabel: s
 def diagnose(cells: list[str], length: int = 100, hidden_size: int = 64, steps: int = 200, seed: int = 0,
              out: Path = Path("gradients.png"), lr: float = 1e-2) -> tuple[list[dict], str]:
     """``rtk diagnose``: probe each cell, plot, and return (results, the printed table)."""
-    import matplotlib.pyplot as plt
-
     results = [probe_cell(c, length, hidden_size, steps, seed, lr) for c in cells]
     panels = [("at initialisation", {r["cell"]: r["init"].flip(0) for r in results})]
     if steps:
         panels.append((f"after {steps} training steps", {r["cell"]: r["trained"].flip(0) for r in results}))
-    plt.close(plot_norms(panels, out))
+    plot_norms(panels, out)
     return results, table(results, steps)
 
 
@@ -282,15 +281,6 @@ def _longest_batch(datamodule) -> dict | None:
     return None if loader is None else max(loader, key=_batch_length, default=None)
 
 
-def head_problem(head: str) -> str | None:
-    """Why ``diagnose=true`` cannot measure a model of this head, or None."""
-    if HEADS[head].last_step_loss is not None:
-        return None
-    having = [name for name, h in HEADS.items() if h.last_step_loss is not None]
-    return (f"diagnose=true: the gradient diagnostic has no last-step loss for the '{head}' head "
-            f"(it has one for: {', '.join(having)}); set diagnose=false")
-
-
 class GradientDiagnostic(pl.Callback):
     """``rtk train diagnose=true``: ||dL/da<t>|| on one validation batch, at the start and end of fit.
 
@@ -303,7 +293,7 @@ class GradientDiagnostic(pl.Callback):
     """
 
     def __init__(self, run_dir: Path, head: str):
-        if problem := head_problem(head):
+        if problem := diagnose_problem(head):
             raise ConfigError(problem)
         self.run_dir = Path(run_dir)
         self.start: tuple[Tensor, Tensor] | None = None
@@ -330,8 +320,6 @@ class GradientDiagnostic(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or self.start is None:
             return
-        import matplotlib.pyplot as plt
-
         end, count = self.measure(trainer, pl_module)
         start = self.start[0]
         reach = int((count > 0).sum())
@@ -346,12 +334,9 @@ class GradientDiagnostic(pl.Callback):
         csv.writer(text, lineterminator="\n").writerows([columns, *rows])
         write_atomic(self.run_dir / "gradients.csv", lambda tmp: tmp.write_text(text.getvalue()))
         _log_to(trainer.loggers, fig, self.run_dir / "gradients.png", columns, rows, trainer.global_step)
-        plt.close(fig)
 
 
 def _log_to(loggers, fig, png: Path, columns: list[str], rows: list[list], step: int) -> None:
-    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.log_image(key="gradients", images=[str(png)], step=step)

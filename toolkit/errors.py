@@ -7,6 +7,16 @@ instead of a traceback (set ``HYDRA_FULL_ERROR=1`` or ``RTK_DEBUG=1`` to see it)
 from __future__ import annotations
 
 
+def whole_number_problem(key: str, value, least: int = 1, null: bool = False) -> str | None:
+    """The sentence for ``key=value`` when ``value`` is not a whole number of at least ``least``
+    (a bool is not one; None is allowed when ``null``), else None."""
+    if value is None and null:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        return f"{key}={value!r} must be a whole number of at least {least}" + (", or null" if null else "")
+    return None
+
+
 class ToolkitError(Exception):
     """A problem with the user's input, config, data, checkpoint or environment."""
 

@@ -89,3 +89,12 @@ register(Head("language_model", LanguageModelTask, LanguageModelDataModule, conf
 register(Head("seq2seq", Seq2SeqTask, PairsDataModule, config="seq2seq", predict=Seq2SeqTask.predict_lines))
 register(Head("series", SeriesTask, SeriesDataModule, config="series", last_step_loss=series.last_step_loss,
               predict=SeriesTask.predict_lines, predict_file=SeriesTask.predict_file_lines))
+
+
+def diagnose_problem(name: str) -> str | None:
+    """Why ``diagnose=true`` cannot measure a model of head ``name`` (it declares no last-step loss), or None."""
+    if HEADS[name].last_step_loss is not None:
+        return None
+    having = [n for n, h in HEADS.items() if h.last_step_loss is not None]
+    return (f"diagnose=true: the gradient diagnostic has no last-step loss for the '{name}' head "
+            f"(it has one for: {', '.join(having)}); set diagnose=false")

@@ -20,14 +20,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hydra import compose, initialize_config_module
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.errors import ConfigError
 
 
 def _parse_args(argv: list[str]):
-    from hydra._internal.utils import get_args_parser
-
     parser = get_args_parser()
 
     def error(message: str):  # argparse would print and exit: leave odd command lines to Hydra
@@ -38,8 +40,6 @@ def _parse_args(argv: list[str]):
 
 
 def _compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_module
-
     with initialize_config_module(config_module="toolkit.conf", version_base="1.3"):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
@@ -65,8 +65,6 @@ def _unknown_key(key: str, known: list[str]) -> str:
 
 def _compose_or_explain(lines: list[str]) -> DictConfig:
     """Compose ``lines``; a misspelt key or group option becomes one ConfigError sentence."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-
     bad: list[str] = []
     keep = list(lines)
     for _ in range(len(lines) + 1):
@@ -142,8 +140,6 @@ def check(argv: list[str]) -> None:
         return
     if args.config_path or args.config_name or args.config_dir or args.experimental_rerun:
         return  # another config than the toolkit's: Hydra's own checks apply
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:  # a syntax error: Hydra says where

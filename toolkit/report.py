@@ -77,7 +77,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Path]:
 
 def _plot(rows: list[dict], swept: list[str], out: Path) -> None:
     """One bar per job for each test metric (loss left out: it is on another scale)."""
-    import matplotlib
+    import matplotlib  # here, not at the top: a second of start-up, only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

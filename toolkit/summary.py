@@ -28,7 +28,7 @@ def plot_curves(metrics_csv: Path, out: Path, monitor: str) -> Path | None:
                 series.setdefault(key, {})[epoch] = float(value)  # last value of the epoch
     if not series:
         return None
-    import matplotlib
+    import matplotlib  # here, not at the top: a second of start-up, only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -10,7 +10,10 @@ import netrc
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
 
 from toolkit.errors import ConfigError
 
@@ -26,9 +29,6 @@ def _has_api_key() -> bool:
 
 def sweep_group() -> str | None:
     """Jobs of one Hydra multirun share a W&B group named after the sweep directory."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         return f"sweep-{Path(hc.sweep.dir).name}"
@@ -39,10 +39,9 @@ def wandb_logger(cfg: DictConfig, run_dir: Path, *, project: str, entity: str | 
                  group: str | None = None, tags: list | None = None, offline: bool | None = None,
                  log_model: bool = False):
     try:
-        import wandb  # noqa: F401
+        import wandb  # noqa: F401  (an optional extra: only to say how to install it)
     except ImportError:
         raise ConfigError("logger=wandb needs the wandb package: pip install 'recurrent-toolkit[wandb]'") from None
-    from pytorch_lightning.loggers import WandbLogger
 
     if offline is None:
         offline = os.environ.get("WANDB_MODE") == "offline" or not _has_api_key()

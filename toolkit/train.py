@@ -9,9 +9,11 @@ or SIGTERM in one line with the command that resumes (exit 130 / 143).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -23,10 +25,22 @@ _START_UP = "interrupted (SIGINT) during start-up; nothing was written"
 
 try:
     import hydra
+    import pytorch_lightning as pl
+    import torch
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-    from toolkit.config import register_plugin_cells, validate
+    from toolkit.callbacks import LastCheckpoint, NonFinite, Reproducible
+    from toolkit.checkpoints import AtomicCheckpointIO, read_checkpoint
+    from toolkit.config import check_batches, check_environment, register_plugin_cells, validate
+    from toolkit.diagnose import GradientDiagnostic
     from toolkit.errors import ConfigError, Interrupted, ToolkitError
+    from toolkit.heads import HEADS
+    from toolkit.overrides import check_or_exit
+    from toolkit.summary import plot_curves, render
+    from toolkit.tasks.transfer import init_from_lm, lm_vocabulary
 except KeyboardInterrupt:  # Ctrl-C while torch and Hydra load: one line, not their traceback
     if __name__ != "__main__":
         raise
@@ -54,8 +68,6 @@ def resolve_ckpt(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict] | None:
     ``last`` is this run dir's checkpoints/last.ckpt, else the newest last.ckpt of
     a sibling run (e.g. runs/<task>/*) whose model has this exact config.
     """
-    from toolkit.checkpoints import read_checkpoint
-
     if cfg.ckpt_path is None:
         return None
     head = cfg.task.head
@@ -100,10 +112,6 @@ def batches_done(ckpt: dict) -> int:
 
 def csv_logger(run_dir: Path, resumed_step: int | None):
     """run_dir/metrics.csv; resuming in the same run dir keeps the rows logged before the checkpoint."""
-    import csv
-
-    from pytorch_lightning.loggers import CSVLogger
-
     path = run_dir / "metrics.csv"
     header, kept = [], []
     if resumed_step is not None and path.is_file():
@@ -129,17 +137,15 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed_step: int | None = None
     loggers = [csv_logger(run_dir, resumed_step)]
     options = {k: v for k, v in OmegaConf.to_container(cfg.logger, resolve=True).items() if k != "name"}
     if name == "tensorboard":
-        from pytorch_lightning.loggers import TensorBoardLogger
-
         try:
-            import tensorboard  # noqa: F401
+            import tensorboard  # noqa: F401  (an optional extra: only to say how to install it)
         except ImportError:
             raise ConfigError("logger=tensorboard needs the tensorboard package: "
                               "pip install 'recurrent-toolkit[tensorboard]'") from None
 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", **options))
     elif name == "wandb":
-        from toolkit.tracking import wandb_logger
+        from toolkit.tracking import wandb_logger  # wandb is an optional extra
 
         loggers.append(wandb_logger(cfg, run_dir, **options))
     elif name != "csv":
@@ -149,8 +155,6 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed_step: int | None = None
 
 def log_samples(trainer, model, datamodule, n: int = 20) -> None:
     """Gold vs predicted on the first test (else validation) examples, as a W&B table."""
-    from pytorch_lightning.loggers import WandbLogger
-
     wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     split = datamodule.raw.get("test") or datamodule.raw.get("validation")
     if not wandb_loggers or split is None:
@@ -162,17 +166,6 @@ def log_samples(trainer, model, datamodule, n: int = 20) -> None:
 
 def train(cfg: DictConfig) -> float | None:
     """Train, test and summarise one configuration; returns the best validation score."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-    from hydra.core.hydra_config import HydraConfig
-
-    from toolkit.callbacks import LastCheckpoint, NonFinite, Reproducible
-    from toolkit.checkpoints import AtomicCheckpointIO
-    from toolkit.config import check_batches, check_environment
-    from toolkit.heads import HEADS
-    from toolkit.summary import plot_curves, render
-    from toolkit.tasks.transfer import init_from_lm, lm_vocabulary
-
     validate(cfg)
     check_environment(cfg)  # a missing extra or GPU: one sentence before any data is read
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -222,8 +215,6 @@ def train(cfg: DictConfig) -> float | None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience,
                                        check_on_train_epoch_end=False))
     if cfg.diagnose:  # ||dL/da<t>|| at the start and end of fit: gradients.png, gradients.csv
-        from toolkit.diagnose import GradientDiagnostic
-
         callbacks.append(GradientDiagnostic(run_dir, head))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir, resumed_step),
                          callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
@@ -264,8 +255,6 @@ def train(cfg: DictConfig) -> float | None:
     score = checkpoint.best_model_score
     best_epoch = None
     if score is not None and checkpoint.best_model_path:
-        import torch
-
         best_epoch = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["epoch"] + 1
     results = {"task": cfg.task.name, "cell": cfg.cell.name, "backend": model.rnn.backend,
                "depth": cfg.depth, "direction": cfg.direction, "hidden_size": cfg.hidden_size,
@@ -340,10 +329,6 @@ def remove_half_made(run_dir: Path) -> bool:
 
 def resume_command(run_dir: Path) -> str:
     """The command that resumes this run from its last.ckpt: the same overrides, in the same run dir."""
-    import shlex
-
-    from hydra.core.hydra_config import HydraConfig
-
     keep = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") != "ckpt_path"]
     return "rtk train " + " ".join(shlex.quote(o) for o in [*keep, "ckpt_path=last",
                                                              f"hydra.run.dir={run_dir.resolve()}"])
@@ -378,8 +363,6 @@ def _raise_interrupted(signum, frame) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://toolkit.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
     _quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # outside the training loop (start-up, data, the test) a signal stops at once; inside it,
@@ -402,8 +385,6 @@ def main(cfg: DictConfig) -> float | None:
 
 def run() -> None:
     try:
-        from toolkit.overrides import check_or_exit
-
         register_plugin_cells()
         check_or_exit()  # a misspelt key or an unwritable run dir: one sentence, before Hydra starts
         if os.environ.get("LOCAL_RANK", "0") != "0":

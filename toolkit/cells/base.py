@@ -112,6 +112,22 @@ class RecurrentCell(nn.Module):
                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
     @classmethod
+    def hparam_defaults(cls) -> dict[str, Any]:
+        """The defaults ``__init__`` declares for its hparams, those a config file can hold
+        (numbers, strings, booleans, None and lists of them): what ``cell=<name>`` shows in Hydra."""
+        params = inspect.signature(cls.__init__).parameters
+        out = {}
+        for name in cls.hparam_names() or []:
+            default = params[name].default
+            if isinstance(default, tuple):
+                default = list(default)
+            items = default if isinstance(default, list) else [default]
+            if default is not inspect.Parameter.empty and all(
+                    v is None or isinstance(v, (bool, int, float, str)) for v in items):
+                out[name] = default
+        return out
+
+    @classmethod
     def validate_hparams(cls, hparams: Mapping[str, Any], name: str | None = None) -> None:
         """Raise CellError naming the cell, every unknown key and the accepted ones."""
         accepted = cls.hparam_names()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,11 @@ def build_cell(name: str, input_size: int, hidden_size: int, **hparams: Any) -> 
     except Exception as exc:
         raise CellError(f"cell '{name}' could not be built with input_size={input_size}, "
                         f"hidden_size={hidden_size}, hparams={hparams}: {type(exc).__name__}: {exc}") from exc
+
+
+def cell_hparams(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell config (``cfg.cell``: name, backend, hparams…) -> the hparams the cell itself takes."""
+    return {k: v for k, v in cell.items() if k not in ("name", "backend")}
 
 
 def describe_cells() -> list[dict[str, Any]]:

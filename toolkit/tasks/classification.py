@@ -9,7 +9,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from toolkit.data.classification import collate_classification, encode_text
 from toolkit.errors import ConfigError
-from toolkit.tasks.base import SequenceTask
+from toolkit.layers import length_mask
+from toolkit.tasks.base import SequenceTask, defaults
 
 POOLING = ("last", "mean", "max")
 
@@ -20,8 +21,6 @@ class ClassificationTask(SequenceTask):
     head = "classification"
 
     def __init__(self, *args, pooling: str = "last", **kw):
-        if pooling not in POOLING:
-            raise ConfigError(f"model.pooling={pooling!r} is not one of: {', '.join(POOLING)}")
         super().__init__(*args, pooling=pooling, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
         n = len(self.labels)
@@ -31,9 +30,17 @@ class ClassificationTask(SequenceTask):
             for name, metric in (("acc", MulticlassAccuracy), ("f1", MulticlassF1Score))
         })
 
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        out = super().problems(hp)
+        pooling = (defaults(ClassificationTask.__init__) | hp)["pooling"]
+        if pooling not in POOLING:
+            out.append(f"model.pooling={pooling!r} is not one of: {', '.join(POOLING)}")
+        return out
+
     def pool(self, y: Tensor, lengths: Tensor) -> Tensor:
         """(B, T, H*D) -> (B, H*D) over each sequence's own steps."""
-        mask = (torch.arange(y.size(1), device=y.device)[None, :] < lengths.to(y.device)[:, None])  # (B, T)
+        mask = length_mask(lengths.to(y.device), y.size(1))  # (B, T)
         if self.hparams.pooling == "mean":
             return y.sum(1) / lengths.to(y)[:, None]
         if self.hparams.pooling == "max":

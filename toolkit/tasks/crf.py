@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from toolkit.layers import length_mask
+
 SCHEMES = ("bio", "bioes")
 
 
@@ -169,7 +171,7 @@ class CRF(nn.Module):
         trans, start, end = self.scores()
         b, t, _ = emissions.shape
         lengths = lengths.to(emissions.device)
-        live = torch.arange(t, device=emissions.device)[None, :] < lengths[:, None]  # (B, T)
+        live = length_mask(lengths, t)  # (B, T)
         y = torch.where(live, tags, 0)
         emit = emissions.gather(-1, y[..., None]).squeeze(-1)  # (B, T)
         step = trans[y[:, :-1], y[:, 1:]]  # (B, T-1)

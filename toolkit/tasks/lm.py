@@ -24,8 +24,8 @@ from torchmetrics import MeanMetric
 
 from toolkit.data.lm import collate_lm, encode_lm
 from toolkit.data.text import EOS, PAD, UNK, UNK_ID, normalize, tokenize
-from toolkit.errors import ConfigError
-from toolkit.tasks.base import SequenceTask
+from toolkit.errors import ConfigError, whole_number_problem
+from toolkit.tasks.base import SequenceTask, defaults
 
 NEW_TEXT_JOIN = {"chars": "", "chars_with_spaces": ""}
 
@@ -34,28 +34,17 @@ class LanguageModelTask(SequenceTask):
     """Embedding -> Recurrent (unidirectional) -> dropout -> softmax over the vocabulary."""
 
     head = "language_model"
+    causal = True
     clip_hint = "set trainer.gradient_clip_val"
 
     def __init__(self, *args, tbptt_steps: int | None = None, clip_grad_norm: float | None = None,
                  tie_weights: bool = False, samples: int = 10, temperature: float = 0.8,
                  activation_reg: float = 0.0, temporal_activation_reg: float = 0.0, **kw):
-        if kw.get("direction", "uni") != "uni":
-            raise ConfigError("a language model must not see the tokens it predicts, so it can only be "
-                              "unidirectional (direction=uni)")
-        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool)
-                                           or not isinstance(clip_grad_norm, (int, float)) or clip_grad_norm <= 0):
-            raise ConfigError(f"model.clip_grad_norm={clip_grad_norm!r} must be a positive number, or null")
-        for key, value in (("activation_reg", activation_reg), ("temporal_activation_reg", temporal_activation_reg)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"model.{key}={value!r} must be a number of at least 0")
         super().__init__(*args, tbptt_steps=tbptt_steps, clip_grad_norm=clip_grad_norm,
                          tie_weights=tie_weights, samples=samples, temperature=temperature,
                          activation_reg=activation_reg, temporal_activation_reg=temporal_activation_reg, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.vocab))
         if tie_weights:
-            if self.hparams.embedding_dim != self.hparams.hidden_size:
-                raise ConfigError(f"model.tie_weights=true needs model.embedding_dim "
-                                  f"({self.hparams.embedding_dim}) equal to hidden_size ({self.hparams.hidden_size})")
             self.out.weight = self.embed.weight
         self.automatic_optimization = tbptt_steps is None
         if tbptt_steps is not None:
@@ -63,6 +52,24 @@ class LanguageModelTask(SequenceTask):
         self.nll = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._carry: dict[str, tuple | None] = {"train": None, "val": None, "test": None}
         self.activation_penalty: Tensor | float = 0.0  # AR / TAR of the last training forward
+
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        out = super().problems(hp)
+        hp = defaults(SequenceTask.__init__) | defaults(LanguageModelTask.__init__) | hp
+        if problem := whole_number_problem("model.tbptt_steps", hp["tbptt_steps"], least=2, null=True):
+            out.append(problem)
+        clip = hp["clip_grad_norm"]
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+            out.append(f"model.clip_grad_norm={clip!r} must be a positive number, or null")
+        for key in ("activation_reg", "temporal_activation_reg"):
+            value = hp[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                out.append(f"model.{key}={value!r} must be a number of at least 0")
+        if hp["tie_weights"] and hp["embedding_dim"] != hp["hidden_size"]:
+            out.append(f"model.tie_weights=true needs model.embedding_dim ({hp['embedding_dim']}) "
+                       f"equal to hidden_size ({hp['hidden_size']})")
+        return out
 
     # ----------------------------------------------------------------- model
     def forward(self, tokens: Tensor, lengths: Tensor | None = None, state=None) -> tuple[Tensor, tuple]:

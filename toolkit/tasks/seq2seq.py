@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from toolkit.cells import cell_hparams
 from toolkit.data.seq2seq import BOS_ID, EOS_ID, PAD_ID, SPECIALS, collate_pairs, strip_stress
 from toolkit.data.text import normalize, tokenize
-from toolkit.errors import ConfigError
-from toolkit.layers import Recurrent
-from toolkit.tasks.base import SequenceTask
+from toolkit.errors import ConfigError, whole_number_problem
+from toolkit.layers import Recurrent, length_mask
+from toolkit.tasks.base import SequenceTask, defaults
 
 State = tuple[Tensor, ...]
 
@@ -96,30 +97,30 @@ class ErrorRate(Metric):
         return self.errors / self.total
 
 
-def _whole(value, key: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be a whole number of at least 1")
-
-
 class Seq2SeqTask(SequenceTask):
     """Encoder-decoder with Luong attention; greedy and beam-search decoding; PER and WER."""
 
     head = "seq2seq"
 
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        out = super().problems(hp)
+        hp = defaults(SequenceTask.__init__) | defaults(Seq2SeqTask.__init__) | hp
+        for key, null in (("decoder_depth", True), ("beam_size", False)):
+            if problem := whole_number_problem(f"model.{key}", hp[key], null=null):
+                out.append(problem)
+        if not isinstance(hp["attention"], bool):
+            out.append(f"model.attention={hp['attention']!r} must be true or false")
+        decay = hp["lr_decay"]
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
+            out.append(f"model.lr_decay={decay!r} must be a number in (0, 1), or null for none")
+        elif decay is not None and hp["lr_schedule"] != "constant":
+            out.append(f"model.lr_decay={decay!r} and model.lr_schedule={hp['lr_schedule']!r} are two "
+                       "learning-rate schedules; set model.lr_decay=null to use the other")
+        return out
+
     def __init__(self, *args, decoder_depth: int | None = None, attention: bool = True, beam_size: int = 5,
                  lr_decay: float | None = None, **kw):
-        _whole(decoder_depth, "model.decoder_depth", allow_none=True)
-        _whole(beam_size, "model.beam_size")
-        if not isinstance(attention, bool):
-            raise ConfigError(f"model.attention={attention!r} must be true or false")
-        if lr_decay is not None and (isinstance(lr_decay, bool) or not isinstance(lr_decay, (int, float))
-                                     or not 0 < lr_decay < 1):
-            raise ConfigError(f"model.lr_decay={lr_decay!r} must be a number in (0, 1), or null for none")
-        if lr_decay is not None and kw.get("lr_schedule", "constant") != "constant":
-            raise ConfigError(f"model.lr_decay={lr_decay!r} and model.lr_schedule={kw['lr_schedule']!r} are two "
-                              "learning-rate schedules; set model.lr_decay=null to use the other")
         super().__init__(*args, decoder_depth=decoder_depth, attention=attention, beam_size=beam_size,
                          lr_decay=lr_decay, **kw)
         hp = self.hparams
@@ -131,7 +132,7 @@ class Seq2SeqTask(SequenceTask):
             cell=cell["name"], input_size=hp.embedding_dim, hidden_size=h,
             num_layers=decoder_depth or hp.depth, bidirectional=False, dropout=hp.rnn_dropout,
             backend=cell.get("backend", "auto"), batch_first=True,
-            **{k: v for k, v in cell.items() if k not in ("name", "backend")},
+            **cell_hparams(cell),
         )
         enc_state = self.rnn.num_layers * self.rnn.num_directions * h
         self.bridge = nn.ModuleList(nn.Linear(enc_state, self.decoder.num_layers * h)
@@ -160,7 +161,7 @@ class Seq2SeqTask(SequenceTask):
             torch.tanh(proj(s.transpose(0, 1).reshape(b, -1)))  # (B, L*D*H) -> (B, L_dec*H)
             .view(b, layers, h).transpose(0, 1).contiguous()  # (L_dec, B, H)
             for proj, s in zip(self.bridge, final))
-        mask = torch.arange(enc.size(1), device=enc.device)[None, :] < lengths.to(enc.device)[:, None]
+        mask = length_mask(lengths.to(enc.device), enc.size(1))
         return self.drop(enc), mask, state
 
     def output_logits(self, y: Tensor, enc: Tensor, mask: Tensor) -> Tensor:

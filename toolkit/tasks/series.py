@@ -18,8 +18,8 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from toolkit.data.series import collate_series, read_series
-from toolkit.errors import ConfigError, DataError
-from toolkit.tasks.base import SequenceTask
+from toolkit.errors import ConfigError, DataError, whole_number_problem
+from toolkit.tasks.base import SequenceTask, defaults
 from toolkit.tasks.classification import POOLING, ClassificationTask
 
 
@@ -29,11 +29,6 @@ class SeriesTask(SequenceTask):
     head = "series"
 
     def __init__(self, *args, pooling: str = "last", projection: int | None = None, **kw):
-        if pooling not in POOLING:
-            raise ConfigError(f"model.pooling={pooling!r} is not one of: {', '.join(POOLING)}")
-        if projection is not None and (isinstance(projection, bool) or not isinstance(projection, int)
-                                       or projection < 1):
-            raise ConfigError(f"model.projection={projection!r} must be a whole number of at least 1, or null")
         super().__init__(*args, pooling=pooling, projection=projection, **kw)
         spec = self.hparams.spec
         self.regression = spec["target"] == "regression"
@@ -51,6 +46,16 @@ class SeriesTask(SequenceTask):
                 f"{stage}_{name}": metric(num_classes=n, average="macro" if name == "f1" else "micro")
                 for stage in ("val", "test") for name, metric in (("acc", MulticlassAccuracy), ("f1", MulticlassF1Score))
             })
+
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        out = super().problems(hp)
+        hp = defaults(SeriesTask.__init__) | hp
+        if hp["pooling"] not in POOLING:
+            out.append(f"model.pooling={hp['pooling']!r} is not one of: {', '.join(POOLING)}")
+        if problem := whole_number_problem("model.projection", hp["projection"], null=True):
+            out.append(problem)
+        return out
 
     # the text classifier's pooling over each sequence's own steps (model.pooling: last | mean | max)
     pool = ClassificationTask.pool

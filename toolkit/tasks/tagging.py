@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from toolkit.data.tagging import collate_tagging, encode_tagging
 from toolkit.data.text import SHAPES, Vocab, tokenize
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, whole_number_problem
 from toolkit.layers import Recurrent
-from toolkit.tasks.base import SequenceTask
+from toolkit.tasks.base import SequenceTask, defaults
 from toolkit.tasks.crf import CRF, bio_constraints, transition_constraints, viterbi  # noqa: F401 (public here too)
 
 
@@ -96,19 +96,6 @@ class TaggingTask(SequenceTask):
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
                  char_kernel: int = 3, char_encoder: str = "cnn", decode: str = "viterbi",
                  tag_scheme: str = "bio", **kw):
-        if decode not in DECODERS:
-            raise ConfigError(f"model.decode={decode!r} must be one of: viterbi (BIO-valid tag sequences), "
-                              "greedy (argmax per token), crf (a learned linear-chain CRF)")
-        if char_encoder not in CHAR_ENCODERS:
-            raise ConfigError(f"model.char_encoder={char_encoder!r} must be 'cnn' or 'lstm'")
-        if char_kernel < 1 or char_kernel % 2 == 0:
-            raise ConfigError(f"model.char_kernel={char_kernel} must be an odd whole number (the "
-                              "convolution keeps a word's length only with an odd width)")
-        if char_encoder == "lstm" and char_filters % 2:
-            raise ConfigError(f"model.char_filters={char_filters} must be even with model.char_encoder=lstm "
-                              "(half of the features come from each direction)")
-        if tag_scheme not in ("bio", "bioes"):
-            raise ConfigError(f"model.tag_scheme={tag_scheme!r} must be 'bio' or 'bioes'")
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
                          char_kernel=char_kernel, char_encoder=char_encoder, decode=decode,
@@ -132,6 +119,31 @@ class TaggingTask(SequenceTask):
         self.out = nn.Linear(self.rnn.output_size, len(self.tags))
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
+
+    @classmethod
+    def problems(cls, hp: dict) -> list[str]:
+        out = super().problems(hp)
+        hp = defaults(TaggingTask.__init__) | hp
+        if hp["decode"] not in DECODERS:
+            out.append(f"model.decode={hp['decode']!r} must be one of: viterbi (BIO-valid tag sequences), "
+                       "greedy (argmax per token), crf (a learned linear-chain CRF)")
+        if hp["char_encoder"] not in CHAR_ENCODERS:
+            out.append(f"model.char_encoder={hp['char_encoder']!r} must be 'cnn' or 'lstm'")
+        kernel, filters = hp["char_kernel"], hp["char_filters"]
+        if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+            out.append(f"model.char_kernel={kernel} must be an odd whole number (the "
+                       "convolution keeps a word's length only with an odd width)")
+        if problem := whole_number_problem("model.char_filters", filters, least=0):
+            out.append(problem)
+        elif hp["char_encoder"] == "lstm" and filters % 2:
+            out.append(f"model.char_filters={filters} must be even with model.char_encoder=lstm "
+                       "(half of the features come from each direction)")
+        for key in ("shape_dim", "char_dim"):
+            if problem := whole_number_problem(f"model.{key}", hp[key]):
+                out.append(problem)
+        if hp["tag_scheme"] not in ("bio", "bioes"):
+            out.append(f"model.tag_scheme={hp['tag_scheme']!r} must be 'bio' or 'bioes'")
+        return out
 
     def input_size(self) -> int:
         return self.hparams.embedding_dim + self._extra_dim

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from toolkit.cells import RecurrentCell, build_cell
+from toolkit.cells import RecurrentCell, build_cell, cell_hparams
 from toolkit.layers import BACKENDS, Recurrent
 
 I, H, B, T = 3, 4, 3, 5  # input features, hidden features, batch, padded length
@@ -194,8 +195,6 @@ class _Sequence(nn.Module):
 
 def check_gradcheck(name: str, hparams: Hparams) -> None:
     """torch.autograd.gradcheck in float64 over three steps, w.r.t. input, initial state and every parameter."""
-    from torch.func import functional_call
-
     i, h, b, t = 2, 2, 2, 3
     torch.manual_seed(0)
     cell = build_cell(name, i, h, **hparams).to(F64)
@@ -316,6 +315,8 @@ def _hydra_value(value: Any) -> str:
 
 def check_hydra_config_composes(name: str, hparams: Hparams) -> None:
     """``rtk train cell=<name>`` composes (with the hparams as overrides), validates and builds the layer."""
+    # here, not at the top: only this check needs Hydra and the whole toolkit (heads, Lightning); a plugin's
+    # other checks run on torch alone
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -335,7 +336,7 @@ def check_hydra_config_composes(name: str, hparams: Hparams) -> None:
     cell_cfg = OmegaConf.to_container(cfg.cell, resolve=True)
     if cell_cfg.get("name") != name:
         raise AssertionError(f"cell={name} composed cell.name={cell_cfg.get('name')!r}")
-    got = {k: v for k, v in cell_cfg.items() if k not in ("name", "backend")}
+    got = cell_hparams(cell_cfg)
     for k, v in hparams.items():
         if got.get(k) != (list(v) if isinstance(v, tuple) else v):
             raise AssertionError(f"cell.{k} composed as {got.get(k)!r}, expected {v!r}")
