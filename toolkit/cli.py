@@ -102,17 +102,23 @@ def cmd_predict(args: list[str]) -> int:
     file_only = "text" not in opts and "input" in opts  # lines of text, or sequences for a head with predict_file
     if file_only and not Path(opts["input"][0]).is_file():
         raise ConfigError(f"rtk predict: input={opts['input'][0]}: no such file")
-    texts = None if file_only else _texts(opts, "predict")
+    try:
+        texts = _texts(opts, "predict")
+    except ConfigError:
+        # not text, but perhaps a binary file of sequences (NumPy .npz) for a head that reads whole files
+        if not file_only or Path(opts["input"][0]).suffix.lower() != ".npz":
+            raise
+        texts = None
     # torch and Lightning: only once the arguments are good
     from toolkit.checkpoints import load_task
     from toolkit.heads import HEADS
 
     model = load_task(opts["ckpt"][0])
+    if file_only and (predict_file := HEADS[model.head].predict_file) is not None:  # series: .npz / .ts / CSV
+        print("\n".join(predict_file(model, opts["input"][0])))
+        return 0
     if texts is None:
-        if (predict_file := HEADS[model.head].predict_file) is not None:  # series: .npz / .ts / long CSV
-            print("\n".join(predict_file(model, opts["input"][0])))
-            return 0
-        texts = _texts(opts, "predict")
+        texts = _texts(opts, "predict")  # the sentence why the file is not text
     for i, text in enumerate(texts):
         lines = model.predict_lines(text)
         if i and len(lines) > 1:
