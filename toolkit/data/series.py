@@ -391,7 +391,8 @@ class SeriesDataModule(pl.LightningDataModule):
         if splits["validation"] is None:
             # the standard rule, on the training file only: every 10th sequence (i % 10 == 1)
             train = splits["train"]
-            log.warning("no validation file: using every 10th training sequence (i % 10 == 1) for validation")
+            log.warning("%s: using every 10th training sequence (i %% 10 == 1) for validation",
+                        f"data.source={self.source} has no validation split" if self.source else "no validation file")
             splits["validation"] = [ex for i, ex in enumerate(train) if i % 10 == 1]
             splits["train"] = [ex for i, ex in enumerate(train) if i % 10 != 1]
         return splits
