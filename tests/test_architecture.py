@@ -162,3 +162,14 @@ def test_every_function_level_import_says_why_it_is_not_at_the_top():
 
         visit(ast.parse("\n".join(lines)), False)
     assert not unexplained, "function-level imports without a reason: " + ", ".join(unexplained)
+
+
+def test_the_shared_data_config_and_the_data_modules_defaults_agree():
+    # conf/data/base.yaml is what rtk train uses; the Python defaults are what a direct
+    # SplitDataModule(...) uses: one set of values, held equal here
+    from toolkit.data.base import SplitDataModule
+    from toolkit.tasks.base import defaults
+
+    shared = yaml.safe_load((PACKAGE / "conf" / "data" / "base.yaml").read_text())
+    python = defaults(SplitDataModule.__init__)
+    assert {k: python[k] for k in shared} == shared

@@ -27,6 +27,10 @@ faster without changing a number:
 
 ``recurrent_weights`` names the Parameters that multiply the previous state
 (``("weight_hh",)`` by default): the layer's ``weight_drop`` drops those.
+
+Hyper-parameters are keyword arguments of ``__init__`` with defaults: the
+signature is their one home (a misspelt key is refused against it, and a plugin
+cell's defaults fill its ``cell=<name>`` node in Hydra).
 """
 
 from __future__ import annotations
