@@ -304,6 +304,22 @@ def test_regression_with_a_classification_monitor_is_refused_up_front(compose):
         validate(compose(["task=series", "data.target=regression", "task.monitor=val_acc"]))
 
 
+def test_rtk_train_on_a_bad_file_is_one_sentence_exit_2_and_no_run_dir(monkeypatch, capsys, tmp_path):
+    from conftest import run_app_in_process
+
+    path = write(tmp_path / "train.ts", TS.replace("1,2,3,4:5,6,7,8:run", "1,2,3,4:5,?,7,8:run"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("RTK_DEBUG", raising=False)
+    run = tmp_path / "run"
+    code = run_app_in_process(monkeypatch, ["task=series", f"data.train_file={path}", *TINY, f"hydra.run.dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: {path}:11: a missing value at step 1 of channel 1; set data.missing=interpolate to fill gaps "
+        "linearly from their neighbours"]
+    assert not run.exists(), "a failed run left its run dir behind"
+
+
 # ----------------------------------------------------------------------------- end to end (slow)
 SMALL = [*TINY, "trainer.enable_model_summary=false"]
 
