@@ -175,3 +175,100 @@ def test_vocab_build_and_encode(tokens, min_count, max_size, probe):
     for t in tokens:
         if t in vocab.stoi:
             assert vocab.itos[vocab.encode([t])[0]] == t
+
+
+# ----------------------------------------------------------------------------- real-valued sequences
+TS_FRAGMENTS = ["@problemName x\n", "@dimensions 2\n", "@dimensions x\n", "@classLabel true a b\n",
+                "@classLabel true\n", "@classLabel\n", "@targetLabel true\n", "@timeStamps true\n", "@data\n", "#c\n",
+                "1", "2.5", "-3e2", ",", ":", "?", "nan", "inf", "-inf", "1e999", "a", "b", "\n", "\r\n", " ", "\x00",
+                "\ufeff", "😀"]
+
+
+def _ts_text() -> st.SearchStrategy[bytes]:
+    return st.lists(st.sampled_from(TS_FRAGMENTS), max_size=50).map(lambda parts: "".join(parts).encode("utf-8"))
+
+
+def _check_series(rows, labelled: bool = True) -> None:
+    import numpy as np
+
+    assert rows
+    for row in rows:
+        x = row["x"]
+        assert x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] >= 1 and x.dtype == np.float32
+        assert np.isfinite(x).all(), "a missing or infinite value got through"
+
+
+@SETTINGS
+@given(data=st.one_of(_ts_text(), ANY_BYTES), missing=st.sampled_from(["error", "interpolate"]))
+@example(data=b"@classLabel\n@data\n1:a\n", missing="error")
+@example(data=b"@data\n?,1:?,2\n", missing="interpolate")
+def test_read_ts_gives_sequences_or_a_data_error(scratch, data, missing):
+    from toolkit.data.series import read_ts
+
+    path = write(scratch, "any.ts", data)
+    try:
+        rows = read_ts(path, missing=missing)
+    except ToolkitError as e:
+        names_the_file(e, path)
+        return
+    _check_series(rows)
+
+
+def _long_csv() -> st.SearchStrategy[bytes]:
+    cell = st.sampled_from(["s1", "s2", "0", "1", "2", "0.5", "-1", "", "?", "nan", "inf", "x", '"', "a,b"])
+    row = st.lists(cell, min_size=2, max_size=5).map(",".join)
+    return st.lists(row, max_size=12).map(lambda rows: ("id,time,f,label\n" + "\n".join(rows)).encode("utf-8"))
+
+
+@SETTINGS
+@given(data=st.one_of(_long_csv(), ANY_BYTES), missing=st.sampled_from(["error", "interpolate"]),
+       time_col=st.sampled_from(["time", None]))
+def test_read_long_csv_gives_sequences_or_a_data_error(scratch, data, missing, time_col):
+    from toolkit.data.series import read_long_csv
+
+    path = write(scratch, "any.csv", data)
+    try:
+        rows = read_long_csv(path, time_col=time_col, missing=missing)
+    except ToolkitError as e:
+        names_the_file(e, path)
+        return
+    _check_series(rows)
+
+
+def _npz_bytes() -> st.SearchStrategy[bytes]:
+    import io as _io
+
+    import numpy as np
+
+    value = st.one_of(st.floats(width=32), st.integers(-3, 3))
+
+    def build(spec):
+        kind, n, t, f, values, cut, lengths = spec
+        buf = _io.BytesIO()
+        grid = np.resize(np.array(values or [0.0], dtype=np.float64), (n, t, f))
+        arrays = {"x": grid} if kind == "x" else {f"x_{i}": grid[i] for i in range(n)} if kind == "list" else {"y": grid}
+        if lengths is not None:
+            arrays["lengths"] = np.array(lengths[:n])
+        arrays["y"] = np.arange(n)
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        return data[:cut] if cut else data  # a truncated archive too
+
+    spec = st.tuples(st.sampled_from(["x", "list", "none"]), st.integers(0, 3), st.integers(0, 4), st.integers(0, 2),
+                     st.lists(value, max_size=10), st.one_of(st.none(), st.integers(0, 300)),
+                     st.one_of(st.none(), st.lists(st.integers(-1, 5), max_size=4)))
+    return spec.map(build)
+
+
+@SETTINGS
+@given(data=st.one_of(_npz_bytes(), ANY_BYTES), missing=st.sampled_from(["error", "interpolate"]))
+def test_read_npz_gives_sequences_or_a_data_error(scratch, data, missing):
+    from toolkit.data.series import read_npz
+
+    path = write(scratch, "any.npz", data)
+    try:
+        rows = read_npz(path, missing=missing)
+    except ToolkitError as e:
+        names_the_file(e, path)
+        return
+    _check_series(rows)

@@ -3,7 +3,8 @@ summarises, or it is refused before anything is built, in one sentence, leaving 
 
 Each cell of the matrix is a real (tiny) run of the train app in this process, on data files
 written here: tagging (CoNLL), classification (CSV), a language model with truncated BPTT
-(the ``word_lm`` way: one stream, ``model.tbptt_steps``) and sequence to sequence (CSV pairs).
+(the ``word_lm`` way: one stream, ``model.tbptt_steps``), sequence to sequence (CSV pairs) and
+real-valued sequences (NumPy ``.npz``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import TINY, run_app_in_process
@@ -32,6 +34,10 @@ def _data(root: Path) -> dict[str, list[str]]:
                                              for i in range(80)))
     (root / "pairs.csv").write_text("source,target\n" + "".join(
         f"{w}{i},{' '.join('XYZ'[ord(c) % 3] for c in w[:4])}\n" for i in range(4) for w in WORDS))
+    rng = np.random.default_rng(0)  # real-valued sequences of 3-8 steps, 2 features, label = sign of the mean
+    xs = [rng.normal(size=(3 + i % 6, 2)) for i in range(40)]
+    np.savez(root / "series.npz", **{f"x_{i}": x for i, x in enumerate(xs)},
+             y=np.array(["up" if x.mean() > 0 else "down" for x in xs]))
     cache = str(root / "hf-cache")
     small = ["hidden_size=8", "model.embedding_dim=8", "data.batch_size=4", "data.eval_batch_size=2"]
     return {
@@ -46,10 +52,12 @@ def _data(root: Path) -> dict[str, list[str]]:
                                    *small[:2], "data.batch_size=2", "data.eval_batch_size=2"],
         "seq2seq": ["task=seq2seq", f"data.train_file={root / 'pairs.csv'}", f"data.test_file={root / 'pairs.csv'}",
                     "model.beam_size=2", *small],
+        "series": ["task=series", f"data.train_file={root / 'series.npz'}", f"data.test_file={root / 'series.npz'}",
+                   "hidden_size=8", "data.batch_size=4", "data.eval_batch_size=2"],
     }
 
 
-HEADS = ["tagging", "classification", "language model (tbptt)", "seq2seq"]
+HEADS = ["tagging", "classification", "language model (tbptt)", "seq2seq", "series"]
 TBPTT = "language model (tbptt)"
 
 # flag -> (overrides, what the summary / results must show); None: trains, validates and tests

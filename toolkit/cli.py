@@ -22,7 +22,8 @@ USAGE = f"""rtk {__version__} — Recurrent Toolkit
 usage:
   rtk train [key=value …]        train (a Hydra app: -m, --cfg job, --help, hydra.run.dir=… all work)
   rtk predict ckpt=PATH text="…" [text="…" …] [input=FILE]
-                                 tag or classify text with a trained checkpoint
+                                 tag or classify text with a trained checkpoint (a series model:
+                                 input=FILE.npz / .ts / .csv, a label and probability per sequence)
   rtk generate ckpt=PATH [n=10] [temperature=1.0] [top_k=K] [max_len=100] [seed=S] [prompt="…"]
                [allow_unk=false] [out=FILE.mid]
                                  sample novel sequences from a language model (music: out= writes MIDI)
@@ -100,10 +101,27 @@ def cmd_predict(args: list[str]) -> int:
     opts = parse_pairs(args, {"ckpt": False, "text": True, "input": False}, "predict")
     if "ckpt" not in opts:
         raise ConfigError("rtk predict: ckpt=<path to a .ckpt> is required")
-    texts = _texts(opts, "predict")
-    from toolkit.api import load  # torch and Lightning: only once the arguments are good
+    file_only = "text" not in opts and "input" in opts  # lines of text, or sequences for a head with predict_file
+    if file_only and not Path(opts["input"][0]).is_file():
+        raise ConfigError(f"rtk predict: input={opts['input'][0]}: no such file")
+    try:
+        texts = _texts(opts, "predict")
+    except ConfigError:
+        # not text, but perhaps a binary file of sequences (NumPy .npz) for a head that reads whole files
+        if not file_only or Path(opts["input"][0]).suffix.lower() != ".npz":
+            raise
+        texts = None
+    # torch and Lightning: only once the arguments are good
+    from toolkit.api import load
+    from toolkit.heads import HEADS
 
-    for i, lines in enumerate(load(opts["ckpt"][0]).lines(texts)):
+    model = load(opts["ckpt"][0])
+    if file_only and (predict_file := HEADS[model.head].predict_file) is not None:  # series: .npz / .ts / CSV
+        print("\n".join(predict_file(model.task, opts["input"][0])))
+        return 0
+    if texts is None:
+        texts = _texts(opts, "predict")  # the sentence why the file is not text
+    for i, lines in enumerate(model.lines(texts)):
         if i and len(lines) > 1:
             print()  # a blank line between multi-line outputs (one token a line)
         print("\n".join(lines))

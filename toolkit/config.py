@@ -138,6 +138,9 @@ def validate(cfg: DictConfig) -> None:
         errors.append(f"diagnose={diagnose!r} must be true or false")
     elif diagnose and head is not None and (problem := diagnose_problem(head.name)):
         errors.append(problem)
+    if cfg.data.get("target") == "regression" and cfg.task.get("monitor") in ("val_acc", "val_f1"):
+        errors.append(f"data.target=regression with task.monitor={cfg.task.monitor}: a regression reports "
+                      "val_mse and val_mae, not accuracy; use task=series_regression")
     _trainer_keys(errors, cfg.trainer)
     if cfg.trainer.get("limit_val_batches") == 0 and cfg.patience is not None:
         errors.append(f"trainer.limit_val_batches=0 leaves no {cfg.task.get('monitor')} for early stopping "

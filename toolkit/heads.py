@@ -13,7 +13,9 @@ config, the data module's ``kind``, ``hyper_parameters["head"]`` in a checkpoint
   when the head has none (the diagnostic then refuses the head in one sentence);
 - the hooks the commands and the Python API call: ``predict`` (model, text -> the
   printed lines), ``score`` (model, tokens -> log-probabilities), ``generate``
-  (model.sample), ``export``; None where the head offers no such thing;
+  (model.sample), ``export``, ``predict_file`` (model, path -> the printed lines: ``rtk predict
+  input=FILE`` for a head that reads whole files rather than lines of text); None where the head
+  offers no such thing;
 - ``api``: the class of batch methods ``toolkit.load`` returns for this head
   (``toolkit/inference.py``); None: the plain ``Model``, one text at a time.
 
@@ -32,13 +34,15 @@ from toolkit.data.base import SplitDataModule
 from toolkit.data.classification import ClassificationDataModule
 from toolkit.data.lm import LanguageModelDataModule
 from toolkit.data.seq2seq import PairsDataModule
+from toolkit.data.series import SeriesDataModule
 from toolkit.data.tagging import TaggingDataModule
 from toolkit.inference import Classifier, LanguageModel, Model, Tagger, Transducer
-from toolkit.tasks import classification, lm, tagging
+from toolkit.tasks import classification, lm, series, tagging
 from toolkit.tasks.base import SequenceTask
 from toolkit.tasks.classification import ClassificationTask
 from toolkit.tasks.lm import LanguageModelTask
 from toolkit.tasks.seq2seq import Seq2SeqTask
+from toolkit.tasks.series import SeriesTask
 from toolkit.tasks.tagging import TaggingTask
 
 
@@ -55,6 +59,7 @@ class Head:
     score: Callable[[SequenceTask, list[str]], dict] | None = None
     generate: Callable[..., list[list[str]]] | None = None
     export: Callable[..., object] | None = None
+    predict_file: Callable[[SequenceTask, str], list[str]] | None = None
     api: type[Model] | None = None  # the batch methods toolkit.load returns (toolkit/inference.py)
 
     @property
@@ -87,6 +92,8 @@ register(Head("language_model", LanguageModelTask, LanguageModelDataModule, conf
 # Not a last-step loss: the decoder reads the encoder's final state and attends over every step.
 register(Head("seq2seq", Seq2SeqTask, PairsDataModule, config="seq2seq", predict=Seq2SeqTask.predict_lines,
               api=Transducer))
+register(Head("series", SeriesTask, SeriesDataModule, config="series", last_step_loss=series.last_step_loss,
+              predict=SeriesTask.predict_lines, predict_file=SeriesTask.predict_file_lines))
 
 
 def diagnose_problem(name: str) -> str | None:

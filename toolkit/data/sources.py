@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toolkit.data.fetch import package_file, pip_member
+from toolkit.data.fetch import package_file, pip_member, pip_members
 from toolkit.data.music import load_chorales
 from toolkit.data.readers import read_conll, read_text
 from toolkit.errors import DataError
@@ -79,9 +79,10 @@ def load_vader_text() -> list[dict]:
     the movie sentences of the sentiment task's *training* split only, so no sentiment
     validation or test sentence is ever read."""
     out = []
-    for name in VADER_OTHER:
-        path = pip_member("vaderSentiment==3.3.2", f"additional_resources/hutto_ICWSM_2014.tar.gz!{name}",
-                          sdist=True, dest_name=f"vader-3.3.2-{name}")
+    paths = pip_members("vaderSentiment==3.3.2",  # one download for the three files
+                        {f"additional_resources/hutto_ICWSM_2014.tar.gz!{name}": f"vader-3.3.2-{name}"
+                         for name in VADER_OTHER}, sdist=True)
+    for path in paths.values():
         out.extend({"text": text} for _, text in _vader_rows(path))
     out.extend({"text": ex["text"]} for ex in standard_split(load_vader_movies())["train"])
     return out

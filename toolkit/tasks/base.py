@@ -88,9 +88,10 @@ class SequenceTask(pl.LightningModule):
         self.hparams["head"] = self.head  # tells load_task which class to rebuild
         # names the plugin to install where a checkpoint meets a machine without its cell
         self.hparams["cell_plugin"] = _cell_plugin(cell["name"])
-        self.vocab = Vocab(spec["vocab"])
         self.labels = Labels(spec["labels"])
-        self.embed = nn.Embedding(len(self.vocab), embedding_dim, padding_idx=0)
+        if "vocab" in spec:  # a token head; a real-valued one (series) reads its features as they are
+            self.vocab = Vocab(spec["vocab"])
+            self.embed = nn.Embedding(len(self.vocab), embedding_dim, padding_idx=0)
         self.drop = LockedDropout(dropout) if locked_dropout else nn.Dropout(dropout)
         self.rnn = Recurrent(
             cell=cell["name"], input_size=self.input_size(), hidden_size=hidden_size,
