@@ -11,7 +11,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
-from docs_harness import DOCS, dependency_level, page_markers  # noqa: E402
+try:
+    from docs_harness import DOCS, SESSION, dependency_level, page_markers  # noqa: E402
+except ModuleNotFoundError as e:
+    raise pytest.UsageError(f"the docs examples run through Sybil, and {e.name} is not installed: "
+                            "pip install -e '.[test,docs]' (the README's test command)") from None
 
 pytest_collect_file = DOCS.pytest()
 
@@ -32,3 +36,7 @@ def pytest_collection_modifyitems(session, config, items):
         order = {id(i): n for n, i in enumerate(docs)}
         docs.sort(key=lambda i: (pages[Path(i.path)][0], order[id(i)]))
         items[:] = rest + docs
+
+
+def pytest_sessionfinish(session, exitstatus):
+    SESSION.cleanup()

@@ -84,6 +84,12 @@ class Session:
                 (work / name).symlink_to(ROOT / name)
         return self._root
 
+    def cleanup(self) -> None:
+        """Remove the session's directory, unless $RTK_DOCS_TMP named it (then it is kept to look at)."""
+        if self._root is not None and not os.environ.get("RTK_DOCS_TMP"):
+            shutil.rmtree(self._root, ignore_errors=True)
+        self._root = None
+
     @property
     def cwd(self) -> Path:
         return self.root / "work"
