@@ -315,14 +315,17 @@ def shell(example: Example, script: str, rc: int = 0) -> subprocess.CompletedPro
 def run_console(example: Example, steps: list[Step], marks: Markers) -> None:
     rc = 0
     numbers = "any" if marks.small is not None else ("tolerance" if marks.tolerance else "exact")
-    for step in steps:
+    failures = []
+    for step in steps:          # every step runs, so one failure shows all the block's differences
         command = SESSION.to_real(with_small(step.command, marks.small or []))
         proc = shell(example, command, rc)
         rc = proc.returncode
         actual = clean_output(SESSION.to_shown(proc.stdout))
         _record(example, step.line, step.command, actual)
         if not outputs_match(step.expected, actual, numbers, marks.tolerance, loose_indented=marks.small is not None):
-            raise SybilFailure(example, _report(example, step.line, step.command, step.expected, actual, rc, marks))
+            failures.append(_report(example, step.line, step.command, step.expected, actual, rc, marks))
+    if failures:
+        raise SybilFailure(example, "\n\n".join(failures))
 
 
 def _record(example: Example, line: int, what: str, actual: list[str]) -> None:
@@ -402,7 +405,7 @@ class FencedExamples:
                 if source.lstrip().startswith(">>>"):
                     parser = DocTestStringParser(DocTestEvaluator(optionflags=0))
                     for dt in parser(source, document.path):
-                        dt.adjust(region, source)
+                        dt.adjust(region, region.lexemes["source"])
                         yield dt
                     previous_python = None
                 else:
