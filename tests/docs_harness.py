@@ -300,15 +300,20 @@ def with_small(command: str, overrides: list[str]) -> str:
 
 
 def shell(example: Example, script: str, rc: int = 0) -> subprocess.CompletedProcess:
-    """``script`` in bash; like one shell session per page, a ``cd`` holds for the page's later blocks."""
+    """``script`` in bash; like one shell session per page, ``cd`` and ``export`` hold for its later blocks."""
     cwd = example.namespace.setdefault("__docs_cwd__", str(SESSION.cwd))
-    where = SESSION.root / "cwd"
-    wrapped = f'(exit {rc}); {script}\n__docs_rc=$?; pwd > "{where}"; exit $__docs_rc'
-    proc = subprocess.run(["bash", "-c", wrapped], cwd=cwd, env=SESSION.env(), stdout=subprocess.PIPE,
+    env = example.namespace.setdefault("__docs_env__", SESSION.env())
+    where, exported = SESSION.root / "cwd", SESSION.root / "env"
+    wrapped = (f'(exit {rc}); {script}\n__docs_rc=$?; pwd > "{where}"; env -0 > "{exported}"; '
+               'exit $__docs_rc')
+    proc = subprocess.run(["bash", "-c", wrapped], cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=COMMAND_TIMEOUT_S)
-    if where.is_file():
+    if where.is_file():                     # `cd` and `export` hold for the page's later commands
         example.namespace["__docs_cwd__"] = where.read_text().strip() or cwd
+        example.namespace["__docs_env__"] = dict(kv.split("=", 1) for kv in
+                                                 exported.read_text().split("\0") if "=" in kv)
         where.unlink()
+        exported.unlink()
     return proc
 
 
