@@ -372,6 +372,13 @@ def captured_python(buffer: io.StringIO):
 
 
 def run_python(example: Example, source: str) -> str:
+    if "__docs_python_started__" not in example.namespace:
+        # Each page reads as if run in a fresh interpreter: forget the messages the toolkit logs
+        # once per process (the backend `auto` picked), which an earlier page may have triggered.
+        layers = sys.modules.get("toolkit.layers")
+        if layers is not None:
+            layers._LOGGED.clear()
+        example.namespace["__docs_python_started__"] = True
     buffer = io.StringIO()
     code = compile("\n" * example.line + SESSION.to_real(source), example.path, "exec")
     with captured_python(buffer):
