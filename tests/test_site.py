@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -113,7 +114,11 @@ def test_every_page_renders_loads_its_images_and_is_reached_by_the_nav(site, ser
     problems: list[str] = []
     for page in pages:
         browser.get(served + page)
+        deadline = time.monotonic() + 20
         state = browser.execute_script("return document.readyState")
+        while state != "complete" and time.monotonic() < deadline:   # a loaded machine can lag
+            time.sleep(0.2)
+            state = browser.execute_script("return document.readyState")
         title = browser.execute_script("const h = document.querySelector('article h1'); return h && h.textContent")
         broken = browser.execute_script(
             "return [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
