@@ -244,7 +244,8 @@ class Recurrent(nn.Module):
         """One cell of the stack over a whole sequence, step by step (the ``loop`` backend's numbers).
 
         Args:
-            layer, direction: which cell (``direction`` 1 reads each sequence from its own
+            layer: which layer of the stack (0 reads the input).
+            direction: which direction of that layer (1 reads each sequence from its own
                 last step back to step 0).
             x: (B, T, I) that layer's input, batch first whatever ``batch_first`` says.
             lengths: (B,) or None; checked as forward checks them.
