@@ -91,3 +91,38 @@ def test_a_bad_softmax_is_reported_with_the_other_problems_before_any_data_loads
             f"hydra.run.dir={tmp_path / 'run2'}")
     assert r.returncode == 2, r.explain()
     assert "model.adaptive_cutoffs=[300, 100] must be whole numbers that increase strictly" in r.stderr
+
+
+def test_an_adaptive_softmax_language_model_streams_like_the_whole_sequence_and_loads(tmp_path):
+    import numpy as np
+
+    import toolkit
+    from test_api import lm_task, save
+    from toolkit.api import wrap
+
+    torch.manual_seed(0)
+    task = lm_task(softmax="adaptive", adaptive_cutoffs=[6, 9])
+    model = wrap(task.eval())
+    words = [w for w in task.vocab.itos[3:9]] * 2
+    ids = torch.tensor([task.vocab.encode(["<eos>", *words])])
+    whole = task(ids)[0][0].softmax(-1).detach().numpy()
+    stream = model.stream()
+    got = np.concatenate([stream.feed(words[:5]).probs, stream.feed(words[5:]).probs])
+    np.testing.assert_allclose(got, whole, atol=1e-5, rtol=0)
+    loaded = toolkit.load(save(task, tmp_path / "lm.ckpt"))
+    assert isinstance(loaded.task.out, AdaptiveSoftmax)
+    assert loaded.score([" ".join(words)])[0]["total"] == pytest.approx(model.score([" ".join(words)])[0]["total"])
+
+
+@pytest.mark.slow
+def test_an_adaptive_softmax_language_model_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime", reason='the export extra: pip install "recurrent-toolkit[export]"')
+    from test_api import lm_task
+    from test_export import assert_export_matches_torch
+    from toolkit.api import wrap
+    from toolkit.export import export
+
+    torch.manual_seed(0)
+    model = wrap(lm_task(softmax="adaptive", adaptive_cutoffs=[6]).eval())
+    path, _, _ = export(model, tmp_path / "lm.onnx")
+    assert_export_matches_torch(model, path)
