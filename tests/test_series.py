@@ -397,3 +397,37 @@ def test_a_plugin_cell_trains_on_sequences_with_no_change(rtk, tmp_path):
     r = rtk("train", "task=gunpoint", "cell=mingru", *SMALL, f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.explain()
     assert "mingru" in r.stdout and 0 <= _summary_metric(r.stdout, "acc") <= 1
+
+
+# ----------------------------------------------------------------------------- Python API and streaming
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_toolkit_load_predicts_arrays_in_one_batch_and_streams_frame_by_frame(tmp_path, pooling):
+    import toolkit
+
+    path, net = _trained_checkpoint(tmp_path, pooling=pooling, direction="uni")
+    model = toolkit.load(path)
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(n, 2)).astype(np.float32) for n in (5, 2, 9)]
+    probs = model.predict_proba(xs)
+    assert probs.shape == (3, len(model.labels)) and np.allclose(probs.sum(1), 1, atol=1e-6)
+    assert [(label, pytest.approx(float(p.max()), abs=1e-6)) for label, p in zip(model.predict(xs), probs)] \
+        == net.eval().predict_arrays(xs)
+    x = xs[2]
+    prefixes = model.predict_proba([x[: t + 1] for t in range(len(x))])  # each prefix run whole
+    stream = model.stream()
+    got = np.concatenate([stream.feed(x[:4]).probs, stream.feed(x[4:5]).probs, stream.feed(x[5:]).probs])
+    np.testing.assert_allclose(got, prefixes, atol=1e-5, rtol=0)
+    assert stream.steps == len(x)
+
+
+def test_the_series_api_refuses_text_and_arrays_of_the_wrong_shape_in_one_sentence(tmp_path):
+    import toolkit
+    from toolkit.errors import ConfigError
+
+    model = toolkit.load(_trained_checkpoint(tmp_path, direction="uni")[0])
+    with pytest.raises(ConfigError, match=r"sequence number 2 has shape \(4, 3\); this model reads \(T, 2\) arrays"):
+        model.predict([np.zeros((3, 2)), np.zeros((4, 3))])
+    with pytest.raises(ConfigError, match="sequence number 1 holds NaN or infinite values"):
+        model.predict([np.full((3, 2), np.nan)])
+    with pytest.raises(ConfigError, match="reads arrays, not text"):
+        model.stream().feed("hello")

@@ -36,7 +36,7 @@ from toolkit.data.lm import LanguageModelDataModule
 from toolkit.data.seq2seq import PairsDataModule
 from toolkit.data.series import SeriesDataModule
 from toolkit.data.tagging import TaggingDataModule
-from toolkit.inference import Classifier, LanguageModel, Model, Tagger, Transducer
+from toolkit.inference import Classifier, LanguageModel, Model, Series, Tagger, Transducer
 from toolkit.tasks import classification, lm, series, tagging
 from toolkit.tasks.base import SequenceTask
 from toolkit.tasks.classification import ClassificationTask
@@ -93,7 +93,7 @@ register(Head("language_model", LanguageModelTask, LanguageModelDataModule, conf
 register(Head("seq2seq", Seq2SeqTask, PairsDataModule, config="seq2seq", predict=Seq2SeqTask.predict_lines,
               api=Transducer))
 register(Head("series", SeriesTask, SeriesDataModule, config="series", last_step_loss=series.last_step_loss,
-              predict=SeriesTask.predict_lines, predict_file=SeriesTask.predict_file_lines))
+              predict=SeriesTask.predict_lines, predict_file=SeriesTask.predict_file_lines, api=Series))
 
 
 def diagnose_problem(name: str) -> str | None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from toolkit.data.classification import collate_classification, encode_text
+from toolkit.data.series import collate_series
 from toolkit.data.tagging import MAX_WORD_CHARS, collate_tagging, encode_tagging
 from toolkit.data.text import EOS, SHAPES, normalize, tokenize
 from toolkit.errors import ConfigError
@@ -369,3 +370,70 @@ class Transducer(Model):
 
     def export_refusal(self) -> str | None:
         return "a seq2seq model cannot be exported: its decoding (beam search) runs in Python, step by step"
+
+
+class Series(Model):
+    """One label (or one number) per real-valued sequence (``vowels``, ``motions``, ``gunpoint``,
+    ``series``, ``series_regression``). Items are (T, F) float arrays of any length T, or one
+    (N, T, F) array; the model standardises them with its training statistics itself."""
+
+    head = "series"
+
+    def tokens(self, text: str) -> list[str]:
+        raise ConfigError("a series model reads arrays, not text: give (T, F) float arrays "
+                          "(stream.feed takes an (n, F) array of the next frames)")
+
+    def _arrays(self, items) -> list[np.ndarray]:
+        if isinstance(items, str):
+            self.tokens(items)
+        if isinstance(items, np.ndarray) and items.ndim == 3:
+            items = list(items)
+        elif isinstance(items, np.ndarray):
+            raise ConfigError(f"give a list of (T, F) arrays or one (N, T, F) array, not one array of shape "
+                              f"{items.shape}: model.predict([x])")
+        n_features = self.spec["features"]
+        out = []
+        for i, x in enumerate(items):
+            a = np.asarray(x, dtype=np.float32)
+            if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] != n_features:
+                raise ConfigError(f"sequence number {i + 1} has shape {a.shape}; this model reads (T, {n_features}) "
+                                  "arrays with T at least 1")
+            if not np.isfinite(a).all():
+                raise ConfigError(f"sequence number {i + 1} holds NaN or infinite values")
+            out.append(a)
+        return out
+
+    @torch.no_grad()
+    def _outputs(self, items, batch_size: int) -> np.ndarray:
+        """(N, K) class probabilities, or (N,) numbers in the target's units (regression)."""
+        xs, task = self._arrays(items), self.task
+        out = np.zeros((len(xs),) if task.regression else (len(xs), len(self.labels)), dtype=np.float32)
+        for idx in _batches(len(xs), [len(x) for x in xs], batch_size):
+            scores = task(self._to_device(collate_series([{"x": torch.from_numpy(xs[i])} for i in idx])))
+            out[idx] = (task.to_units(scores) if task.regression else scores.softmax(-1)).cpu().numpy()
+        return out
+
+    def predict_proba(self, items, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """Arrays -> (N, len(labels)) softmax probabilities, columns in ``model.labels`` order."""
+        if self.task.regression:
+            raise ConfigError("a regression model predicts numbers, not probabilities: model.predict(arrays)")
+        return self._outputs(items, batch_size)
+
+    def predict(self, items, batch_size: int = BATCH_SIZE) -> list:
+        """Arrays -> the most probable label each, or the predicted number (regression)."""
+        out = self._outputs(items, batch_size)
+        return out.tolist() if self.task.regression else [self.labels[i] for i in out.argmax(-1)]
+
+    def stream_step(self, stream, frames: list):
+        """After each new frame: the class probabilities (the label) or the predicted number, pooled
+        over every frame read so far (``model.pooling``, as the whole-sequence run pools)."""
+        task = self.task
+        x = torch.from_numpy(self._arrays([np.stack([np.asarray(f, dtype=np.float32) for f in frames])])[0])[None]
+        y = task.encode(self._to_device({"x": x, "lengths": torch.tensor([x.size(1)])}))[0]  # (n, H)
+        scores = task.out(Classifier._running_pool(self, stream, y))  # (n, K) or (n, 1)
+        if task.regression:
+            values = task.to_units(scores.squeeze(-1)).cpu().numpy()[:, None]
+            return Step(tokens=list(frames), probs=values, logits=values)
+        step = self._step(list(frames), scores)
+        step.label = self.labels[int(step.probs[-1].argmax())]
+        return step
