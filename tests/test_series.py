@@ -431,3 +431,12 @@ def test_the_series_api_refuses_text_and_arrays_of_the_wrong_shape_in_one_senten
         model.predict([np.full((3, 2), np.nan)])
     with pytest.raises(ConfigError, match="reads arrays, not text"):
         model.stream().feed("hello")
+
+
+def test_rtk_export_of_a_series_model_is_refused_in_one_sentence(tmp_path):
+    import toolkit
+    from toolkit.export import ExportError, check_exportable
+
+    model = toolkit.load(_trained_checkpoint(tmp_path, direction="uni")[0])
+    with pytest.raises(ExportError, match="a series model cannot be exported: its head declares no export inputs"):
+        check_exportable(model)
