@@ -371,6 +371,20 @@ def captured_python(buffer: io.StringIO):
         root.handlers, root.level = handlers, level
 
 
+class SessionDocTestEvaluator(DocTestEvaluator):
+    """Sybil's doctest evaluator, run as a page's other Python blocks are: the pages' ``/tmp/docs-*``
+    paths mapped to the session's directory, from the session's working directory."""
+
+    def __call__(self, sybil_example: Example) -> str:
+        sybil_example.parsed.source = SESSION.to_real(sybil_example.parsed.source)
+        cwd = os.getcwd()
+        os.chdir(SESSION.cwd)
+        try:
+            return super().__call__(sybil_example)
+        finally:
+            os.chdir(cwd)
+
+
 def run_python(example: Example, source: str) -> str:
     if "__docs_python_started__" not in example.namespace:
         # Each page reads as if run in a fresh interpreter: forget the messages the toolkit logs
@@ -415,7 +429,7 @@ class FencedExamples:
                 continue
             if language == "python":
                 if source.lstrip().startswith(">>>"):
-                    parser = DocTestStringParser(DocTestEvaluator(optionflags=0))
+                    parser = DocTestStringParser(SessionDocTestEvaluator(optionflags=0))
                     for dt in parser(source, document.path):
                         dt.adjust(region, region.lexemes["source"])
                         yield dt
