@@ -266,7 +266,7 @@ def test_diagnose_true_for_a_head_without_a_last_step_loss_is_one_sentence(compo
     with pytest.raises(ConfigError) as e:
         validate(compose(["task=peptides", "diagnose=true"]))
     assert str(e.value) == ("diagnose=true: the gradient diagnostic has no last-step loss for the "
-                            "'classification' head (it has one for: tagging, language_model); "
+                            "'classification' head (it has one for: tagging, language_model, series); "
                             "set diagnose=false")
 
 
