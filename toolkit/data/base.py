@@ -176,7 +176,40 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- modules
-class SplitDataModule(pl.LightningDataModule):
+class BucketedLoaders:
+    """The loaders of a data module whose encoded splits are lists in ``self.encoded``
+    ("train" / "validation" / "test"): bucketed batches of ``batch_size`` (``eval_batch_size``
+    outside training) by the length of each example's ``length_key``, put together by ``collate``."""
+
+    length_key = "tokens"
+
+    def _loader(self, split: str, train: bool) -> DataLoader | None:
+        data = self.encoded.get(split)
+        if data is None:
+            return None
+        sampler = BucketBatchSampler(
+            [len(x[self.length_key]) for x in data], self.batch_size if train else self.eval_batch_size,
+            shuffle=train, seed=self.seed, bucketing=self.bucketing)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=self.collate)
+
+    def train_dataloader(self):
+        loader = self._loader("train", True)
+        self.train_sampler = loader.batch_sampler  # toolkit.callbacks.Reproducible sets its epoch
+        self.train_sampler.set_epoch(self.start_epoch)
+        self.train_sampler.resume_at = (self.start_epoch, self.start_batch)
+        return loader
+
+    def val_dataloader(self):
+        return self._loader("validation", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def has_test(self) -> bool:
+        return self.encoded.get("test") is not None
+
+
+class SplitDataModule(BucketedLoaders, pl.LightningDataModule):
     """Shared loading, vocabulary and batching; subclasses encode one example.
 
     A subclass sets ``kind`` (its head's name), ``read`` (its reader of user files, a
@@ -250,27 +283,3 @@ class SplitDataModule(pl.LightningDataModule):
         return {"kind": self.kind, "tokenizer": self.tokenizer, "normalize": self.norm,
                 "vocab": self.vocab.itos, "labels": self.labels.names}
 
-    def _loader(self, split: str, train: bool) -> DataLoader | None:
-        data = self.encoded.get(split)
-        if data is None:
-            return None
-        sampler = BucketBatchSampler(
-            [len(x["tokens"]) for x in data], self.batch_size if train else self.eval_batch_size,
-            shuffle=train, seed=self.seed, bucketing=self.bucketing)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=self.collate)
-
-    def train_dataloader(self):
-        loader = self._loader("train", True)
-        self.train_sampler = loader.batch_sampler  # toolkit.callbacks.Reproducible sets its epoch
-        self.train_sampler.set_epoch(self.start_epoch)
-        self.train_sampler.resume_at = (self.start_epoch, self.start_batch)
-        return loader
-
-    def val_dataloader(self):
-        return self._loader("validation", False)
-
-    def test_dataloader(self):
-        return self._loader("test", False)
-
-    def has_test(self) -> bool:
-        return self.encoded.get("test") is not None

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from toolkit.data.fetch import pip_members
-from toolkit.data.base import BucketBatchSampler
+from toolkit.data.base import BucketBatchSampler, BucketedLoaders
 from toolkit.data.readers import lines, read_text
 from toolkit.errors import ConfigError, DataError
 
@@ -340,11 +339,13 @@ def channel_stats(xs: list[np.ndarray]) -> tuple[list[float], list[float]]:
 
 
 # ----------------------------------------------------------------------------- module
-class SeriesDataModule(pl.LightningDataModule):
+class SeriesDataModule(BucketedLoaders, pl.LightningDataModule):
     """Multivariate float sequences and one label (or one number) each (``vowels``, ``series``)."""
 
     kind = "series"
     read = staticmethod(read_series)  # the user's files; the named sources are the archive's .ts files
+    collate = staticmethod(collate_series)
+    length_key = "x"
 
     def __init__(self, source: str | None = None, train_file: str | None = None, val_file: str | None = None,
                  test_file: str | None = None, target: str = "class", missing: str = "error", id_col: str = "id",
@@ -459,27 +460,3 @@ class SeriesDataModule(pl.LightningDataModule):
         """Plain data a checkpoint keeps: what the head needs to rebuild and to read new files alike."""
         return {"kind": self.kind, "target": self.target, "features": self.features, "labels": self.labels,
                 "missing": self.missing, "csv": self.csv_options, **self.stats}
-
-    def _loader(self, split: str, train: bool) -> DataLoader | None:
-        data = self.encoded.get(split)
-        if data is None:
-            return None
-        sampler = BucketBatchSampler([len(x["x"]) for x in data], self.batch_size if train else self.eval_batch_size,
-                                     shuffle=train, seed=self.seed, bucketing=self.bucketing)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=collate_series)
-
-    def train_dataloader(self):
-        loader = self._loader("train", True)
-        self.train_sampler = loader.batch_sampler  # toolkit.callbacks.Reproducible sets its epoch
-        self.train_sampler.set_epoch(self.start_epoch)
-        self.train_sampler.resume_at = (self.start_epoch, self.start_batch)
-        return loader
-
-    def val_dataloader(self):
-        return self._loader("validation", False)
-
-    def test_dataloader(self):
-        return self._loader("test", False)
-
-    def has_test(self) -> bool:
-        return self.encoded.get("test") is not None
