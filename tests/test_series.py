@@ -275,6 +275,42 @@ def test_padding_does_not_change_a_prediction(tmp_path):
     assert alone[0] == beside_a_long_one[0] and alone[1] == pytest.approx(beside_a_long_one[1], abs=1e-6)
 
 
+def test_downsample_averages_each_window_of_a_sequences_own_frames(tmp_path):
+    _, net = _trained_checkpoint(tmp_path, downsample=3)
+    x = torch.arange(2 * 8 * 2, dtype=torch.float32).view(2, 8, 2)
+    lengths = torch.tensor([8, 4])
+    got = net.window_means(x, lengths)
+    assert got.shape == (2, 3, 2)
+    torch.testing.assert_close(got[0], torch.stack([x[0, :3].mean(0), x[0, 3:6].mean(0), x[0, 6:8].mean(0)]))
+    # the second sequence has 4 real frames: one full window and a last window of one frame, then padding
+    torch.testing.assert_close(got[1, :2], torch.stack([x[1, :3].mean(0), x[1, 3]]))
+    assert net.step_lengths({"lengths": lengths}).tolist() == [3, 2]
+
+
+def test_downsample_one_changes_nothing_and_padding_never_enters_a_window(tmp_path):
+    _, plain = _trained_checkpoint(tmp_path, pooling="mean")
+    x = torch.randn(2, 7, 2)
+    assert plain.window_means(x, torch.tensor([7, 5])) is x
+    _, net = _trained_checkpoint(tmp_path, pooling="mean", downsample=4)
+    net.eval()
+    short = np.random.default_rng(2).normal(size=(5, 2)).astype(np.float32)
+    alone = net.predict_arrays([short])[0]
+    beside_a_long_one = net.predict_arrays([short, np.full((30, 2), 100.0, np.float32)])[0]
+    assert alone[0] == beside_a_long_one[0] and alone[1] == pytest.approx(beside_a_long_one[1], abs=1e-6)
+
+
+def test_downsample_must_be_a_whole_number_and_a_downsampled_model_refuses_to_stream(tmp_path, compose):
+    import toolkit
+    from toolkit.config import validate
+
+    with pytest.raises(ConfigError, match=r"model.downsample=0 must be a whole number of at least 1"):
+        validate(compose(["task=gunpoint", "model.downsample=0"]))
+    model = toolkit.load(_trained_checkpoint(tmp_path, direction="uni", downsample=2)[0])
+    assert model.predict([np.zeros((5, 2), np.float32)])[0] in model.labels
+    with pytest.raises(ConfigError, match=r"model.downsample=2 cannot stream frame by frame"):
+        model.stream()
+
+
 def test_rtk_predict_prints_label_and_probability_per_sequence(rtk, tmp_path):
     path, _ = _trained_checkpoint(tmp_path)
     inputs = tmp_path / "new.npz"

@@ -424,6 +424,13 @@ class Series(Model):
         out = self._outputs(items, batch_size)
         return out.tolist() if self.task.regression else [self.labels[i] for i in out.argmax(-1)]
 
+    def stream(self):
+        if self.task.hparams.downsample > 1:
+            raise ConfigError(f"a model trained with model.downsample={self.task.hparams.downsample} cannot stream "
+                              "frame by frame: each of its steps is the mean of that many frames (predict whole "
+                              "arrays instead)")
+        return super().stream()
+
     def stream_step(self, stream, frames: list):
         """After each new frame: the class probabilities (the label) or the predicted number, pooled
         over every frame read so far (``model.pooling``, as the whole-sequence run pools)."""

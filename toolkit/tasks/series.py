@@ -1,7 +1,9 @@
 """Many-to-one on real-valued sequences: speech frames, motion sensors, video tracks.
 
 x (B, T, F) floats -> standardise each channel with the training split's mean and
-standard deviation (kept in the checkpoint) -> optionally a linear projection F -> P
+standard deviation (kept in the checkpoint) -> optionally average each k consecutive
+frames into one step (``model.downsample``, piecewise aggregate approximation: T -> ceil(T / k)
+steps, a last partial window averaged over its own frames) -> optionally a linear projection F -> P
 -> Recurrent -> pool over each sequence's own steps -> softmax over the classes, or
 one number (``data.target=regression``: MSE / MAE reported in the target's own units).
 """
@@ -19,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from toolkit.data.series import collate_series, read_series
 from toolkit.errors import ConfigError, DataError, whole_number_problem
+from toolkit.layers import length_mask
 from toolkit.tasks.base import SequenceTask, defaults
 from toolkit.tasks.classification import POOLING, ClassificationTask
 
@@ -28,8 +31,8 @@ class SeriesTask(SequenceTask):
 
     head = "series"
 
-    def __init__(self, *args, pooling: str = "last", projection: int | None = None, **kw):
-        super().__init__(*args, pooling=pooling, projection=projection, **kw)
+    def __init__(self, *args, pooling: str = "last", projection: int | None = None, downsample: int = 1, **kw):
+        super().__init__(*args, pooling=pooling, projection=projection, downsample=downsample, **kw)
         spec = self.hparams.spec
         self.regression = spec["target"] == "regression"
         # the training split's statistics: buffers, so they follow the model to its device
@@ -55,6 +58,8 @@ class SeriesTask(SequenceTask):
             out.append(f"model.pooling={hp['pooling']!r} is not one of: {', '.join(POOLING)}")
         if problem := whole_number_problem("model.projection", hp["projection"], null=True):
             out.append(problem)
+        if problem := whole_number_problem("model.downsample", hp["downsample"]):
+            out.append(problem)
         return out
 
     # the text classifier's pooling over each sequence's own steps (model.pooling: last | mean | max)
@@ -64,17 +69,37 @@ class SeriesTask(SequenceTask):
     def input_size(self) -> int:
         return self.hparams.projection or self.hparams.spec["features"]
 
+    def step_lengths(self, batch: dict) -> Tensor:
+        """(B,) the number of recurrent steps of each sequence: ceil(T_i / model.downsample)."""
+        k = self.hparams.downsample
+        return batch["lengths"] if k == 1 else (batch["lengths"] + k - 1) // k
+
+    def window_means(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, F) -> (B, ceil(T / k), F): the mean of each window of k frames, over the
+        sequence's own frames only (padding never enters a window's mean)."""
+        k = self.hparams.downsample
+        if k == 1:
+            return x
+        B, T, n_features = x.shape
+        real = length_mask(lengths.to(x.device), T).to(x.dtype)  # (B, T)
+        pad = -T % k
+        sums = F.pad(x * real[..., None], (0, 0, 0, pad)).view(B, -1, k, n_features).sum(2)
+        counts = F.pad(real, (0, pad)).view(B, -1, k).sum(2).clamp(min=1)  # a padded window: 0 / 1
+        return sums / counts[..., None]
+
     def encode(self, batch: dict) -> Tensor:
-        """(B, T, F) raw features -> (B, T, H * num_directions), zero at padded steps."""
+        """(B, T, F) raw features -> (B, T', H * num_directions) with T' = ceil(T / model.downsample),
+        zero at padded steps."""
         x = (batch["x"] - self.mean) / self.std  # (B, T, F); padded steps are never read (lengths)
+        x = self.window_means(x, batch["lengths"])  # (B, T', F)
         if self.project is not None:
-            x = self.project(x)  # (B, T, P)
-        y, _ = self.rnn(x, lengths=batch["lengths"])
+            x = self.project(x)  # (B, T', P)
+        y, _ = self.rnn(x, lengths=self.step_lengths(batch))
         return self.drop(y)
 
     def forward(self, batch: dict) -> Tensor:
         """(B, n_labels) logits, or (B,) standardised targets."""
-        out = self.out(self.pool(self.encode(batch), batch["lengths"]))
+        out = self.out(self.pool(self.encode(batch), self.step_lengths(batch)))
         return out.squeeze(-1) if self.regression else out
 
     def loss(self, out: Tensor, batch: dict) -> Tensor:
@@ -167,7 +192,7 @@ class SeriesTask(SequenceTask):
 def last_step_loss(model: SeriesTask, batch: dict) -> Tensor:
     """The gradient diagnostic's loss: the prediction from the last step ('last' pooling whatever
     ``model.pooling`` says), summed over the batch."""
-    out = model.out(model.last(model.encode(batch), batch["lengths"]))
+    out = model.out(model.last(model.encode(batch), model.step_lengths(batch)))
     if model.regression:
         return F.mse_loss(out.squeeze(-1), batch["targets"], reduction="sum")
     return F.cross_entropy(out, batch["labels"], reduction="sum")
