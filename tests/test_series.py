@@ -311,6 +311,35 @@ def test_downsample_must_be_a_whole_number_and_a_downsampled_model_refuses_to_st
         model.stream()
 
 
+def test_augmentation_changes_training_inputs_only(tmp_path):
+    _, net = _trained_checkpoint(tmp_path, augment_scale=0.5, augment_noise=0.3)
+    batch = {"x": torch.randn(4, 6, 2), "lengths": torch.tensor([6, 6, 5, 3])}
+    net.eval()
+    torch.testing.assert_close(net.encode(batch), net.encode(batch))  # evaluation reads the data as it is
+    net.train()
+    torch.manual_seed(0)
+    x = net.augment(batch["x"])
+    assert not torch.allclose(x, batch["x"])
+    _, plain = _trained_checkpoint(tmp_path)
+    assert plain.augment(batch["x"]) is batch["x"]
+
+
+def test_augmentation_scale_draws_one_factor_per_sequence_and_channel(tmp_path):
+    _, net = _trained_checkpoint(tmp_path, augment_scale=0.5)
+    x = torch.ones(3, 7, 2)
+    factors = net.augment(x)
+    assert torch.equal(factors, factors[:, :1].expand_as(factors))  # the same factor at every step
+    assert len({round(v, 6) for v in factors[:, 0].flatten().tolist()}) == 6  # a factor per sequence and channel
+
+
+@pytest.mark.parametrize("key", ["augment_scale", "augment_noise"])
+def test_augmentation_strengths_must_be_numbers_of_at_least_zero(compose, key):
+    from toolkit.config import validate
+
+    with pytest.raises(ConfigError, match=rf"model.{key}=-0.1 must be a number in \[0, 10\)"):
+        validate(compose(["task=motions", f"model.{key}=-0.1"]))
+
+
 def test_rtk_predict_prints_label_and_probability_per_sequence(rtk, tmp_path):
     path, _ = _trained_checkpoint(tmp_path)
     inputs = tmp_path / "new.npz"

@@ -6,6 +6,11 @@ frames into one step (``model.downsample``, piecewise aggregate approximation: T
 steps, a last partial window averaged over its own frames) -> optionally a linear projection F -> P
 -> Recurrent -> pool over each sequence's own steps -> softmax over the classes, or
 one number (``data.target=regression``: MSE / MAE reported in the target's own units).
+
+Training only, on the standardised input: ``model.augment_scale`` multiplies each
+sequence's channels by factors drawn from N(1, s^2) and ``model.augment_noise`` adds
+N(0, n^2) to every value (jitter), a fresh draw each batch; evaluation and prediction
+read the data as it is.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from toolkit.data.series import collate_series, read_series
 from toolkit.errors import ConfigError, DataError, whole_number_problem
 from toolkit.layers import length_mask
-from toolkit.tasks.base import SequenceTask, defaults
+from toolkit.tasks.base import SequenceTask, defaults, number_problem
 from toolkit.tasks.classification import POOLING, ClassificationTask
 
 
@@ -31,8 +36,10 @@ class SeriesTask(SequenceTask):
 
     head = "series"
 
-    def __init__(self, *args, pooling: str = "last", projection: int | None = None, downsample: int = 1, **kw):
-        super().__init__(*args, pooling=pooling, projection=projection, downsample=downsample, **kw)
+    def __init__(self, *args, pooling: str = "last", projection: int | None = None, downsample: int = 1,
+                 augment_scale: float = 0.0, augment_noise: float = 0.0, **kw):
+        super().__init__(*args, pooling=pooling, projection=projection, downsample=downsample,
+                         augment_scale=augment_scale, augment_noise=augment_noise, **kw)
         spec = self.hparams.spec
         self.regression = spec["target"] == "regression"
         # the training split's statistics: buffers, so they follow the model to its device
@@ -60,6 +67,9 @@ class SeriesTask(SequenceTask):
             out.append(problem)
         if problem := whole_number_problem("model.downsample", hp["downsample"]):
             out.append(problem)
+        for key in ("augment_scale", "augment_noise"):
+            if problem := number_problem(f"model.{key}", hp[key], high=10.0):
+                out.append(problem)
         return out
 
     # the text classifier's pooling over each sequence's own steps (model.pooling: last | mean | max)
@@ -73,6 +83,16 @@ class SeriesTask(SequenceTask):
         """(B,) the number of recurrent steps of each sequence: ceil(T_i / model.downsample)."""
         k = self.hparams.downsample
         return batch["lengths"] if k == 1 else (batch["lengths"] + k - 1) // k
+
+    def augment(self, x: Tensor) -> Tensor:
+        """(B, T, F) standardised training input -> the same with each sequence's channels scaled by
+        N(1, augment_scale^2) and N(0, augment_noise^2) added to every value."""
+        scale, noise = self.hparams.augment_scale, self.hparams.augment_noise
+        if scale:
+            x = x * (1 + scale * torch.randn(x.size(0), 1, x.size(2), device=x.device, dtype=x.dtype))
+        if noise:
+            x = x + noise * torch.randn_like(x)
+        return x
 
     def window_means(self, x: Tensor, lengths: Tensor) -> Tensor:
         """(B, T, F) -> (B, ceil(T / k), F): the mean of each window of k frames, over the
@@ -91,6 +111,8 @@ class SeriesTask(SequenceTask):
         """(B, T, F) raw features -> (B, T', H * num_directions) with T' = ceil(T / model.downsample),
         zero at padded steps."""
         x = (batch["x"] - self.mean) / self.std  # (B, T, F); padded steps are never read (lengths)
+        if self.training:
+            x = self.augment(x)
         x = self.window_means(x, batch["lengths"])  # (B, T', F)
         if self.project is not None:
             x = self.project(x)  # (B, T', P)
