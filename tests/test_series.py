@@ -195,6 +195,26 @@ def test_standardisation_is_fitted_on_the_training_split_only(tmp_path):
     assert dm.spec()["mean"][0] == pytest.approx(3.0, abs=1.0)
 
 
+def test_val_fold_chooses_which_tenth_of_the_training_file_validates(tmp_path):
+    train = _npz(tmp_path / "train.npz", 40)
+    seen = []
+    for fold in range(10):
+        dm = SeriesDataModule(train_file=str(train), val_fold=fold)
+        dm.setup()
+        assert len(dm.encoded["validation"]) == 4 and len(dm.encoded["train"]) == 36
+        seen += [x["x"].sum().item() for x in dm.encoded["validation"]]
+    # the ten folds validate on every training sequence exactly once: a 10-fold cross-validation
+    everything = SeriesDataModule(train_file=str(train), val_file=str(train))
+    everything.setup()
+    assert sorted(seen) == pytest.approx(sorted(x["x"].sum().item() for x in everything.encoded["train"]))
+
+
+@pytest.mark.parametrize("fold", [10, -1, 1.5, True])
+def test_val_fold_outside_0_to_9_is_one_sentence(tmp_path, fold):
+    with pytest.raises(ConfigError, match=rf"data.val_fold={fold!r} must be a whole number from 0 to 9"):
+        SeriesDataModule(train_file=str(_npz(tmp_path / "train.npz", 20)), val_fold=fold)
+
+
 def test_feature_count_differing_between_splits_is_one_sentence(tmp_path):
     train, test = _npz(tmp_path / "train.npz", 20), _npz(tmp_path / "test.npz", 4, features=3)
     with pytest.raises(DataError) as e:

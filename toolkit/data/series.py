@@ -350,8 +350,12 @@ class SeriesDataModule(BucketedLoaders, pl.LightningDataModule):
     def __init__(self, source: str | None = None, train_file: str | None = None, val_file: str | None = None,
                  test_file: str | None = None, target: str = "class", missing: str = "error", id_col: str = "id",
                  time_col: str | None = "time", label_col: str = "label", feature_cols: list[str] | None = None,
-                 batch_size: int = 16, eval_batch_size: int = 256, bucketing: bool = True, seed: int = 0):
+                 batch_size: int = 16, eval_batch_size: int = 256, bucketing: bool = True, seed: int = 0,
+                 val_fold: int = 1):
         super().__init__()
+        if isinstance(val_fold, bool) or not isinstance(val_fold, int) or not 0 <= val_fold <= 9:
+            raise ConfigError(f"data.val_fold={val_fold!r} must be a whole number from 0 to 9 (validation: the "
+                              "training sequences with i % 10 == data.val_fold)")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value!r} must be a whole number of at least 1")
@@ -369,6 +373,7 @@ class SeriesDataModule(BucketedLoaders, pl.LightningDataModule):
         self.csv_options = {"id_col": id_col, "time_col": time_col, "label_col": label_col,
                             "feature_cols": list(feature_cols) if feature_cols else None}
         self.batch_size, self.eval_batch_size, self.bucketing, self.seed = batch_size, eval_batch_size, bucketing, seed
+        self.val_fold = val_fold
         self.encoded: dict[str, list[dict] | None] = {}
         self.labels: list[str] = []
         self.stats: dict = {}
@@ -390,12 +395,14 @@ class SeriesDataModule(BucketedLoaders, pl.LightningDataModule):
             splits = {s: (read_series(f, self.missing, **self.csv_options) if f else None)
                       for s, f in self.files.items()}
         if splits["validation"] is None:
-            # the standard rule, on the training file only: every 10th sequence (i % 10 == 1)
-            train = splits["train"]
-            log.warning("%s: using every 10th training sequence (i %% 10 == 1) for validation",
-                        f"data.source={self.source} has no validation split" if self.source else "no validation file")
-            splits["validation"] = [ex for i, ex in enumerate(train) if i % 10 == 1]
-            splits["train"] = [ex for i, ex in enumerate(train) if i % 10 != 1]
+            # the standard rule, on the training file only: every 10th sequence (i % 10 == 1); the
+            # other folds (data.val_fold) make a 10-fold cross-validation of the training file
+            train, fold = splits["train"], self.val_fold
+            log.warning("%s: using every 10th training sequence (i %% 10 == %d) for validation",
+                        f"data.source={self.source} has no validation split" if self.source else "no validation file",
+                        fold)
+            splits["validation"] = [ex for i, ex in enumerate(train) if i % 10 == fold]
+            splits["train"] = [ex for i, ex in enumerate(train) if i % 10 != fold]
         return splits
 
     def prepare_data(self) -> None:
