@@ -148,3 +148,31 @@ def test_train_reads_tab_separated_tokens_with_spaces_and_shows_the_given_exampl
     shown = lines[i + 1].split()
     assert [pair.rsplit("/", 1)[0] for pair in shown] == example.split()
     assert all(pair.rsplit("/", 1)[1] in {"B-LOC", "B-PER", "O"} for pair in shown)
+
+
+def test_report_groups_repeats_over_seeds_and_folds_with_mean_median_and_range(capsys, tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = [(cell, fold, acc) for cell, accs in (("rnn", (0.5, 0.7, 0.6)), ("gru", (0.9, 0.8, 1.0)))
+            for fold, acc in enumerate(accs)]
+    for i, (cell, fold, acc) in enumerate(jobs):
+        (sweep / str(i) / ".hydra").mkdir(parents=True)
+        (sweep / str(i) / ".hydra" / "overrides.yaml").write_text(f"- cell={cell}\n- data.val_fold={fold}\n")
+        (sweep / str(i) / "results.json").write_text(json.dumps(
+            {"test": {"test_acc": acc}, "best_val": acc / 10, "params": 100, "epochs": 1, "seconds": 2.0}))
+    rtk_main(capsys, "report", str(sweep))
+    md = (sweep / "report.md").read_text()
+    assert "Over data.val_fold, per setting:" in md
+    assert "| cell | jobs | test_acc mean | test_acc median (range) | best_val mean | best_val median (range) |" in md
+    assert "| rnn | 3 | 0.6000 | 0.6000 (0.5000-0.7000) | 0.0600 | 0.0600 (0.0500-0.0700) |" in md
+    assert "| gru | 3 | 0.9000 | 0.9000 (0.8000-1.0000) | 0.0900 | 0.0900 (0.0800-0.1000) |" in md
+
+
+def test_report_without_seeds_or_folds_swept_has_one_table(capsys, tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, seed in enumerate((1, 1)):
+        (sweep / str(i) / ".hydra").mkdir(parents=True)
+        (sweep / str(i) / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- cell={('rnn', 'gru')[i]}\n")
+        (sweep / str(i) / "results.json").write_text(json.dumps(
+            {"test": {"test_acc": 0.5}, "best_val": 0.5, "params": 100, "epochs": 1, "seconds": 2.0}))
+    rtk_main(capsys, "report", str(sweep))
+    assert "per setting" not in (sweep / "report.md").read_text()

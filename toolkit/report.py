@@ -2,13 +2,16 @@
 
 Each job of a Hydra multirun leaves ``results.json`` (written by the train app)
 and ``.hydra/overrides.yaml``; the swept keys are the overrides whose values
-differ between jobs.
+differ between jobs. When ``seed`` or ``data.val_fold`` is among them, a second table
+groups the jobs that differ only in those (repeats over seeds, or the folds of a
+cross-validation) and gives the mean, median and range of each metric per group.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import yaml
@@ -42,6 +45,33 @@ def collect(sweep_dir: Path) -> tuple[list[str], list[dict]]:
     return swept, rows
 
 
+REPEATS = ("seed", "data.val_fold")  # swept keys whose jobs are repeats of one setting
+
+
+def grouped(swept: list[str], rows: list[dict]) -> tuple[list[str], list[dict]] | None:
+    """(columns, one row per setting) over the jobs that differ only in ``REPEATS`` keys; None
+    when no such key was swept. Each metric gets ``mean`` and ``median (min-max)``."""
+    repeats = [k for k in swept if k in REPEATS]
+    if not repeats:
+        return None
+    keys = [k for k in swept if k not in REPEATS]
+    metrics = [k for k in rows[0] if k == "best_val" or k.startswith("test_")]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for setting, jobs in groups.items():
+        line = {**dict(zip(keys, setting)), "jobs": len(jobs)}
+        for m in metrics:
+            values = [job[m] for job in jobs if isinstance(job.get(m), (int, float))]
+            if values:
+                line[f"{m} mean"] = f"{statistics.fmean(values):.4f}"
+                line[f"{m} median (range)"] = (f"{statistics.median(values):.4f} "
+                                               f"({min(values):.4f}-{max(values):.4f})")
+        out.append(line)
+    return list(dict.fromkeys(k for line in out for k in line)), out
+
+
 def _job_order(name: str):
     return (0, int(name)) if name.isdigit() else (1, name)
 
@@ -70,6 +100,11 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> list[Path]:
              f"{len(rows)} jobs; swept: {', '.join(swept) or '(nothing differs)'}", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(row.get(c), c) for c in columns) + " |" for row in rows]
+    if (table := grouped(swept, rows)) is not None:
+        cols, groups = table
+        lines += ["", f"Over {' and '.join(k for k in swept if k in REPEATS)}, per setting:", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(g.get(c), c) for c in cols) + " |" for g in groups]
     md_path.write_text("\n".join(lines) + "\n")
     _plot(rows, swept, png_path)
     return [md_path, csv_path, png_path]
