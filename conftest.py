@@ -1,7 +1,8 @@
 """Collects README.md, docs/ and plugins/*/README.md as tests: every fenced example runs (tests/docs_harness.py).
 
 A page marked ``<!-- docs: slow (reason) -->`` gets the ``slow`` mark, so ``-m "not slow"`` leaves it out;
-pages run after the pages they name in ``<!-- docs: after PAGE -->``.
+pages run after the pages they name in ``<!-- docs: after PAGE -->``. Under ``-n … --dist loadfile``
+(pytest-xdist) all pages run on one worker, in that order, and each test file on one worker.
 """
 
 import sys
@@ -36,6 +37,23 @@ def pytest_collection_modifyitems(session, config, items):
         order = {id(i): n for n, i in enumerate(docs)}
         docs.sort(key=lambda i: (pages[Path(i.path)][0], order[id(i)]))
         items[:] = rest + docs
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n auto --dist loadfile` (the README's test command): each test file runs on one worker,
+    and all docs pages run on one worker, in the order above, because a page may read what an
+    earlier page wrote. (The largest unit, the docs, starts first.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # only with pytest-xdist, which calls this hook
+
+    class DocsTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "docs" if path.endswith(".md") else path
+
+    return DocsTogether(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -62,3 +62,27 @@ def test_truncated_bptt_language_model_trains_under_ddp(rtk, tmp_path):
     assert r.stdout.count("Recurrent Toolkit · word_lm") == 1
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert "perplexity" in (run / "summary.txt").read_text()
+
+
+def test_a_finished_run_releases_its_process_group(monkeypatch):
+    """Left to interpreter shutdown, gloo's threads can abort a rank that finished its work
+    ("terminate called without an active exception"); `rtk train` destroys the group itself."""
+    import socket  # only this test opens a process group in the test process
+
+    import torch.distributed as dist
+
+    from toolkit.train import close_process_group
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        close_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    close_process_group()  # and nothing to do without a group

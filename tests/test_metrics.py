@@ -224,12 +224,15 @@ def test_the_hand_built_sets_would_catch_a_per_rank_answer():
 # ----------------------------------------------------------------------------- two processes
 def run_rank(out_dir: str) -> None:
     """One rank of the DDP check: every head's test metrics over this rank's share, written as JSON."""
+    from toolkit.train import close_process_group  # only the rank processes need the Hydra app's module
+
     rank = int(os.environ["RANK"])
     results = {}
     for head, (_, batches, _) in HEADS.items():
         results[head] = measure(head, [batches[i] for i in RANK_BATCHES[rank]],
                                      strategy="ddp", devices=2, num_nodes=1)
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
+    close_process_group()  # as `rtk train` does: gloo left to interpreter shutdown can abort the rank
 
 
 def free_port() -> int:

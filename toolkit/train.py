@@ -369,7 +369,9 @@ def main(cfg: DictConfig) -> float | None:
     # toolkit.callbacks.LastCheckpoint lets the step finish and writes last.ckpt first
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return train(cfg)
+        value = train(cfg)
+        close_process_group()
+        return value
     except ToolkitError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("RTK_DEBUG") == "1":
             raise
@@ -381,6 +383,18 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def close_process_group() -> None:
+    """After a DDP run that ended well, release the process group while the interpreter is whole.
+
+    Left to interpreter shutdown, gloo's worker threads can be destroyed while still joinable, and
+    the rank dies with "terminate called without an active exception" (SIGABRT) after its work is
+    done. Only on success: a rank that failed must not wait on the others here.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run() -> None:
