@@ -221,7 +221,7 @@ class Classifier(Model):
         if isinstance(texts, str):
             raise ConfigError("give a list of texts, not one string: model.predict([text])")
         spec, task = self.spec, self.task
-        items = [encode_text(t, task.vocab, spec["tokenizer"], spec["normalize"]) for t in texts]
+        items = [encode_text(t, task.vocab, spec["tokenizer"], spec["normalize"], spec.get("lexicon")) for t in texts]
         for i, (text, item) in enumerate(zip(texts, items)):
             if not item["tokens"]:
                 raise ConfigError(f"item number {i + 1} ({text!r}) has no tokens for this model's tokenizer "
@@ -244,6 +244,8 @@ class Classifier(Model):
         """Class probabilities after each new token, pooled over everything read so far."""
         task = self.task
         item = {"tokens": task.vocab.encode(normalize(t, self.spec["normalize"]) for t in tokens)}
+        if (lexicon := self.spec.get("lexicon")) is not None:
+            item["lexicon"] = [lexicon.get(t.lower(), 0.0) for t in tokens]
         y = task.encode(self._to_device(collate_classification([item])))[0]  # (n, H)
         step = self._step(tokens, task.out(self._running_pool(stream, y)))  # (n, K)
         step.label = self.labels[int(step.probs[-1].argmax())]
@@ -268,6 +270,13 @@ class Classifier(Model):
         return run / count[:, None]
 
     export_inputs = ("tokens", "lengths")
+
+    def export_refusal(self) -> str | None:
+        if "lexicon" in self.spec:
+            return ("a classifier trained with data.lexicon cannot be exported: the exported network reads "
+                    "token ids only, not the lexicon scores beside them (predict with rtk predict or "
+                    "toolkit.load instead)")
+        return super().export_refusal()
 
     def export_meta(self) -> dict:
         return {"pooling": self.task.hparams.pooling}

@@ -7,6 +7,7 @@ then assigns example i to test (i % 10 == 0), validation (i % 10 == 1) or train.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from toolkit.data.fetch import package_file, pip_member, pip_members
@@ -86,6 +87,46 @@ def load_vader_text() -> list[dict]:
         out.extend({"text": text} for _, text in _vader_rows(path))
     out.extend({"text": ex["text"]} for ex in standard_split(load_vader_movies())["train"])
     return out
+
+
+def vader_lexicon_path() -> Path:
+    # VADER's sentiment lexicon (Hutto & Gilbert 2014, MIT): 7,500 tokens (words, slang,
+    # emoticons) with the mean of ten human valence ratings, -4..+4; inside the wheel.
+    return pip_member("vaderSentiment==3.3.2", "vaderSentiment/vader_lexicon.txt", sdist=False,
+                      dest_name="vader-3.3.2-vader_lexicon.txt")
+
+
+# data.lexicon=<name>: the named token-score lexicons (else data.lexicon is a file's path)
+LEXICONS = {"vader": vader_lexicon_path}
+
+
+def read_lexicon(where: str) -> dict[str, float]:
+    """``data.lexicon``: a named lexicon (``LEXICONS``) or a file of ``token<TAB>score`` lines
+    (further tab-separated columns are ignored, blank lines skipped) -> {lower-cased token: score
+    divided by the largest absolute score}, so every value is in [-1, 1]. A token listed twice
+    (after lower-casing) keeps its later score, as VADER's own reader does."""
+    path = LEXICONS[where]() if where in LEXICONS else Path(where)
+    if where not in LEXICONS and not path.is_file():
+        raise DataError(f"data.lexicon={where}: no such file (a file of token<TAB>score lines, or one of: "
+                        f"{', '.join(LEXICONS)})")
+    scores: dict[str, float] = {}
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0].strip():
+            raise DataError(f"{path}:{lineno}: expected token<TAB>score")
+        try:
+            score = float(parts[1])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: the score {parts[1].strip()!r} is not a number") from None
+        if not math.isfinite(score):
+            raise DataError(f"{path}:{lineno}: the score {parts[1].strip()!r} is not a finite number")
+        scores[parts[0].strip().lower()] = score
+    top = max(abs(v) for v in scores.values())
+    if top == 0:
+        raise DataError(f"{path}: every score is 0, so the lexicon says nothing")
+    return {k: v / top for k, v in scores.items()}
 
 
 def peptides_path() -> Path:

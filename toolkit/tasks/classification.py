@@ -56,6 +56,19 @@ class ClassificationTask(SequenceTask):
             return last
         return torch.cat([last[:, :h], y[:, 0, h:]], -1)
 
+    def input_size(self) -> int:
+        # data.lexicon: each token's lexicon score is one more input, next to its embedding
+        return super().input_size() + ("lexicon" in self.hparams.spec)
+
+    def encode(self, batch: dict) -> Tensor:
+        """(B, T) token ids (and, with a lexicon, (B, T) scores) -> (B, T, H * num_directions)."""
+        if "lexicon" not in self.hparams.spec:
+            return super().encode(batch)
+        x = self.drop(self.embed_tokens(batch["tokens"]))  # (B, T, E); the score itself is not dropped
+        x = torch.cat([x, batch["lexicon"].to(x)[..., None]], -1)  # (B, T, E + 1)
+        y, _ = self.rnn(x, lengths=batch["lengths"])
+        return self.drop(y)
+
     def forward(self, batch: dict) -> Tensor:
         y = self.encode(batch)  # (B, T, H*D)
         return self.out(self.pool(y, batch["lengths"]))  # (B, n_labels)
@@ -85,7 +98,7 @@ class ClassificationTask(SequenceTask):
     def predict_text(self, text: str) -> tuple[str, float]:
         """Raw text -> (label, probability) with the tokenizer the model was trained with."""
         spec = self.hparams.spec
-        item = encode_text(text, self.vocab, spec["tokenizer"], spec["normalize"])
+        item = encode_text(text, self.vocab, spec["tokenizer"], spec["normalize"], spec.get("lexicon"))
         if not item["tokens"]:
             raise ConfigError(f"text={text!r} has no tokens for this model's tokenizer ({spec['tokenizer']})")
         batch = {k: v.to(self.device) for k, v in collate_classification([item]).items()}
