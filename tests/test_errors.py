@@ -227,6 +227,23 @@ def test_bidirectional_language_model(app, task):
 
 
 # ----------------------------------------------------------------------------- command line
+def test_two_hydra_modes_at_once_are_one_sentence(rtk):
+    r = rtk("train", "-m", "--cfg", "job", "task=peptides")
+    assert (r.returncode, r.stderr) == (
+        2, "error: -m/--multirun and --cfg cannot be combined: give one of --run, -m/--multirun, --cfg, --info "
+           "and --shell-completion\n"), r.explain()
+
+
+def test_an_override_hydra_cannot_merge_is_one_sentence(rtk, tmp_path):
+    # a dotted key under the sweeper's search space (a node of strings) is not a new nested key
+    r = rtk("train", "-m", "hparams_search=optuna", "+hydra.sweeper.params.model.embedding_dim=choice(50,100)",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert (r.returncode, r.stderr) == (
+        2, "error: the override +hydra.sweeper.params.model.embedding_dim=50 cannot be merged into the config "
+           "(Cannot convert 'dict' to string: '{}')\n"), r.explain()
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_train_from_a_missing_checkpoint(app, tmp_path):
     ckpt = tmp_path / "gone.ckpt"
     assert app("task=peptides", f"ckpt_path={ckpt}") == (2, f"error: ckpt_path={ckpt}: no such checkpoint file")

@@ -85,7 +85,13 @@ def _compose_or_explain(lines: list[str]) -> DictConfig:
         except ConfigCompositionException as e:
             found = re.match(r"Could not override '([^']+)'", str(e))
             if not found or "not in struct" not in str(e.__cause__):
-                raise
+                merging = re.match(r"Error merging override (.+)", str(e))
+                if not merging or e.__cause__ is None:
+                    raise
+                # e.g. a dotted key under a node of strings: +hydra.sweeper.params.model.lr=…
+                cause = str(e.__cause__).splitlines()[0]
+                raise ConfigError(f"the override {merging.group(1)} cannot be merged into the config "
+                                  f"({cause})") from None
             key = found.group(1)
             bad.append(key)
             keep = [line for line in keep if line.partition("=")[0].lstrip("~+").split("@")[0] != key]
@@ -138,6 +144,11 @@ def check(argv: list[str]) -> None:
         args = _parse_args(argv)
     except ValueError:
         return
+    modes = [flag for flag, given in (("--run", args.run), ("-m/--multirun", args.multirun), ("--cfg", args.cfg),
+                                      ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot be combined: give one of --run, -m/--multirun, --cfg, "
+                          "--info and --shell-completion")
     if args.config_path or args.config_name or args.config_dir or args.experimental_rerun:
         return  # another config than the toolkit's: Hydra's own checks apply
     try:
