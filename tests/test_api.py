@@ -29,9 +29,11 @@ def tagging_task(cell="lstm", depth=1, direction="uni", cell_hp=None, **kw) -> T
                        char_filters=4, char_dim=3, **{**SMALL, **kw})
 
 
-def classification_task(cell="lstm", depth=1, direction="uni", cell_hp=None, **kw) -> ClassificationTask:
+def classification_task(cell="lstm", depth=1, direction="uni", cell_hp=None, lexicon=None, **kw) -> ClassificationTask:
     spec = {"kind": "classification", "tokenizer": "words", "normalize": "lower", "vocab": WORDS,
             "labels": ["neg", "pos"]}
+    if lexicon is not None:  # data.lexicon's table, as the data module stores it
+        spec["lexicon"] = lexicon
     return ClassificationTask(spec=spec, cell={"name": cell, **(cell_hp or {})}, depth=depth, direction=direction, **{**SMALL, **kw})
 
 

@@ -112,11 +112,14 @@ def docs_block(page: str, after: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_docs_serving_example_runs_on_onnxruntime_alone(tmp_path):
+@pytest.mark.parametrize("lexicon", [None, {"boring": -1.0, "gripping": 0.6, "beautifully": 0.5}],
+                         ids=["ids", "ids+lexicon"])
+def test_the_docs_serving_example_runs_on_onnxruntime_alone(tmp_path, lexicon):
     # docs/export.md's example, run where importing torch or the toolkit fails, gives what
-    # the toolkit predicts (a greedy tagger and a classifier, as the page's models are)
+    # the toolkit predicts (a greedy tagger and a classifier, as the page's models are; the
+    # sentiment default reads VADER's lexicon, so the classifier also with a lexicon input)
     tagger = wrap(tagging_task(cell="gru", decode="greedy"))
-    classifier = wrap(classification_task(cell="rnn", depth=2))
+    classifier = wrap(classification_task(cell="rnn", depth=2, lexicon=lexicon))
     export(tagger, tmp_path / "ner.onnx")
     export(classifier, tmp_path / "sentiment.onnx")
     script = docs_block("export.md", "<!-- serving example -->").replace("/tmp/docs-runs/export", str(tmp_path))

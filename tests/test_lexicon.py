@@ -3,6 +3,8 @@ classifier (docs/learning.md#a-sentiment-lexicon-as-an-input)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -96,9 +98,13 @@ def test_a_classifier_trains_with_a_lexicon_file_and_predicts_from_its_checkpoin
     p = rtk("predict", f"ckpt={ckpt}", "text=a good film")
     assert p.returncode == 0, p.explain()
     assert p.stdout.split("\t")[0] in ("pos", "neg")
-    e = rtk("export", f"ckpt={ckpt}", f"out={tmp_path / 'net'}")
-    assert e.returncode == 2 and "trained with data.lexicon cannot be exported" in e.stderr, e.explain()
-    assert "Traceback" not in e.stderr
+    # the export reads the scores as an input beside the ids, and its sidecar carries the table
+    for fmt, name in (("onnx", "net.onnx"), ("torchscript", "net.pt")):
+        e = rtk("export", f"ckpt={ckpt}", f"format={fmt}", f"out={tmp_path / name}")
+        assert e.returncode == 0, e.explain()
+        meta = json.loads((tmp_path / f"{name}.json").read_text())
+        assert meta["inputs"][:3] == ["tokens", "lexicon", "lengths"]
+        assert meta["lexicon"] == spec["lexicon"]
     bad = rtk("train", "task=classification", *TINY, f"data.train_file={rows}",
               f"data.lexicon={tmp_path / 'gone.tsv'}", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "gone.tsv: no such file" in bad.stderr, bad.explain()

@@ -19,7 +19,8 @@ loops, which are ``torch.jit.script``-ed loops around each traced cell step, so 
 model (``torch.jit.load``, no toolkit needed) keeps a loop of the input's length.
 
 Inputs and outputs (names in the sidecar): ``tokens`` (B, T) int64, tagging also
-``shapes`` (B, T) and ``chars`` (B, T, W) int64, ``lengths`` (B,) int64, then one
+``shapes`` (B, T) and ``chars`` (B, T, W) int64, a classifier trained with ``data.lexicon``
+also ``lexicon`` (B, T) float32 (each token's score), ``lengths`` (B,) int64, then one
 initial-state tensor per state name, each (num_layers * num_directions, B, H) (zeros to
 start); outputs ``logits`` (tagging, language model: (B, T, K); classification: (B, K))
 and ``final_<name>``, the final state in the same layout, so a stream can be continued step by step.
@@ -192,7 +193,8 @@ def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 
     make = {"tokens": lambda: tokens, "lengths": lambda: lengths,
             "shapes": lambda: torch.randint(1, len(SHAPES), (batch, length), generator=g).masked_fill(pad, 0),
             "chars": lambda: torch.randint(1, len(task.chars.itos), (batch, length, width),
-                                           generator=g).masked_fill(pad[..., None], 0)}
+                                           generator=g).masked_fill(pad[..., None], 0),
+            "lexicon": lambda: (torch.rand((batch, length), generator=g) * 2 - 1).masked_fill(pad, 0)}
     out = [make[name]() for name in net.input_names]
     rnn = task.rnn
     shape = (rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size)
@@ -276,7 +278,7 @@ def write_onnx(model, path: Path) -> ExportNet:
     args = example_inputs(net)
     batch, time, word = torch.export.Dim("batch"), torch.export.Dim("time"), torch.export.Dim("word")
     dims = {"tokens": {0: batch, 1: time}, "shapes": {0: batch, 1: time}, "chars": {0: batch, 1: time, 2: word},
-            "lengths": {0: batch}}
+            "lexicon": {0: batch, 1: time}, "lengths": {0: batch}}
     dynamic = tuple(dims.get(name, {1: batch}) for name in net.input_names + net.state_names)
     program = torch.export.export(net, args, dynamic_shapes={"args": dynamic}, strict=False)
     onnx_program = torch.onnx.export(program, args, input_names=net.input_names + net.state_names,

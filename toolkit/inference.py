@@ -269,17 +269,16 @@ class Classifier(Model):
         count = torch.arange(stream.steps + 1, stream.steps + y.size(0) + 1, device=y.device, dtype=y.dtype)
         return run / count[:, None]
 
-    export_inputs = ("tokens", "lengths")
-
-    def export_refusal(self) -> str | None:
-        if "lexicon" in self.spec:
-            return ("a classifier trained with data.lexicon cannot be exported: the exported network reads "
-                    "token ids only, not the lexicon scores beside them (predict with rtk predict or "
-                    "toolkit.load instead)")
-        return super().export_refusal()
+    @property
+    def export_inputs(self) -> tuple[str, ...]:
+        # data.lexicon: each token's score, (B, T) float, is an input beside its id
+        return ("tokens", "lexicon", "lengths") if "lexicon" in self.spec else ("tokens", "lengths")
 
     def export_meta(self) -> dict:
-        return {"pooling": self.task.hparams.pooling}
+        out = {"pooling": self.task.hparams.pooling}
+        if "lexicon" in self.spec:  # rtk_text.encode_text(text, vocab, tokenizer, normalize, meta["lexicon"])
+            out["lexicon"] = dict(self.spec["lexicon"])
+        return out
 
 
 class LanguageModel(Model):
