@@ -117,6 +117,10 @@ def test_fast_dev_run_with_wandb_says_that_it_logs_nothing(app, tmp_path):
 # ----------------------------------------------------------------------------- Ctrl-C outside training
 SIGNAL_AT = '''
 import os, signal, sys
+# Ctrl-C as a terminal delivers it: a process that starts ignoring SIGINT (inherited from a parent
+# that ignores it, e.g. a test worker where Lightning set SIG_IGN after a KeyboardInterrupt and
+# never restored it) never gets Python's KeyboardInterrupt, and this test would train to the end
+signal.signal(signal.SIGINT, signal.default_int_handler)
 name, point = os.environ["RTK_TEST_SIGNAL"].split(":")
 send = lambda: os.kill(os.getpid(), getattr(signal, name))
 if point == "import":  # while toolkit.train imports torch
