@@ -106,7 +106,7 @@ def read_lexicon(where: str) -> dict[str, float]:
     divided by the largest absolute score}, so every value is in [-1, 1]. A token listed twice
     (after lower-casing) keeps its later score, as VADER's own reader does."""
     path = LEXICONS[where]() if where in LEXICONS else Path(where)
-    if where not in LEXICONS and not path.is_file():
+    if where not in LEXICONS and not path.exists():  # a directory is read_text's "is not a file"
         raise DataError(f"data.lexicon={where}: no such file (a file of token<TAB>score lines, or one of: "
                         f"{', '.join(LEXICONS)})")
     scores: dict[str, float] = {}
