@@ -162,9 +162,14 @@ class SequenceTask(pl.LightningModule):
             return F.embedding(tokens, w * keep, padding_idx=0)
         return self.embed(tokens)
 
+    def step_inputs(self, batch: dict) -> Tensor:
+        """(B, T, input_size()): what the first recurrent layer reads at each step (here the
+        dropped-out token embeddings; a head that reads more adds its own features)."""
+        return self.drop(self.embed_tokens(batch["tokens"]))  # (B, T, E)
+
     def encode(self, batch: dict) -> Tensor:
         """(B, T) token ids -> (B, T, H * num_directions), zero at padded steps."""
-        x = self.drop(self.embed_tokens(batch["tokens"]))  # (B, T, E)
+        x = self.step_inputs(batch)
         y, _ = self.rnn(x, lengths=batch["lengths"])
         return self.drop(y)
 

@@ -60,14 +60,12 @@ class ClassificationTask(SequenceTask):
         # data.lexicon: each token's lexicon score is one more input, next to its embedding
         return super().input_size() + ("lexicon" in self.hparams.spec)
 
-    def encode(self, batch: dict) -> Tensor:
-        """(B, T) token ids (and, with a lexicon, (B, T) scores) -> (B, T, H * num_directions)."""
+    def step_inputs(self, batch: dict) -> Tensor:
+        """The embeddings, and with a lexicon each token's (B, T) score as one more column."""
+        x = super().step_inputs(batch)  # (B, T, E)
         if "lexicon" not in self.hparams.spec:
-            return super().encode(batch)
-        x = self.drop(self.embed_tokens(batch["tokens"]))  # (B, T, E); the score itself is not dropped
-        x = torch.cat([x, batch["lexicon"].to(x)[..., None]], -1)  # (B, T, E + 1)
-        y, _ = self.rnn(x, lengths=batch["lengths"])
-        return self.drop(y)
+            return x
+        return torch.cat([x, batch["lexicon"].to(x)[..., None]], -1)  # (B, T, E + 1); the score is not dropped
 
     def forward(self, batch: dict) -> Tensor:
         y = self.encode(batch)  # (B, T, H*D)
