@@ -1,5 +1,5 @@
 """data.lexicon: a token -> score lexicon (VADER's, or the user's file) read beside each token by the
-classifier (docs/learning.md#a-sentiment-lexicon-as-an-input)."""
+classifier (docs/learning.md#a-lexicon-as-an-input-datalexicon)."""
 
 from __future__ import annotations
 

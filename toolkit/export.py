@@ -241,7 +241,7 @@ def text_module_source() -> str:
     token shapes, vocabulary and encoders (their source, copied at export time, so a server
     encodes text exactly as training did), needing only Python's standard library."""
     from_text = [text.tokenize, text.normalize, text.shape, text.Vocab]
-    from_modules = [tagging.encode_tagging, classification.encode_text]
+    from_modules = [tagging.encode_tagging, classification.lexicon_scores, classification.encode_text]
     return "\n\n".join([
         f'"""Text encoding of the Recurrent Toolkit {__version__}, written by `rtk export`: '
         "the source of\n" + ", ".join(f"toolkit.data.text.{f.__name__}" for f in from_text) + " and "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from toolkit.data.classification import collate_classification, encode_text
+from toolkit.data.classification import collate_classification, encode_text, lexicon_scores
 from toolkit.data.series import collate_series
 from toolkit.data.tagging import MAX_WORD_CHARS, collate_tagging, encode_tagging
 from toolkit.data.text import EOS, SHAPES, normalize, tokenize
@@ -245,7 +245,7 @@ class Classifier(Model):
         task = self.task
         item = {"tokens": task.vocab.encode(normalize(t, self.spec["normalize"]) for t in tokens)}
         if (lexicon := self.spec.get("lexicon")) is not None:
-            item["lexicon"] = [lexicon.get(t.lower(), 0.0) for t in tokens]
+            item["lexicon"] = lexicon_scores(tokens, lexicon)
         y = task.encode(self._to_device(collate_classification([item])))[0]  # (n, H)
         step = self._step(tokens, task.out(self._running_pool(stream, y)))  # (n, K)
         step.label = self.labels[int(step.probs[-1].argmax())]

@@ -15,13 +15,18 @@ from toolkit.data.text import Vocab, normalize, tokenize
 from toolkit.errors import ConfigError, DataError
 
 
+def lexicon_scores(tokens: list[str], lexicon: dict[str, float]) -> list[float]:
+    """Each token's ``data.lexicon`` score, looked up lower-cased before normalisation; 0 when unlisted."""
+    return [lexicon.get(t.lower(), 0.0) for t in tokens]
+
+
 def encode_text(text: str, vocab: Vocab, tokenizer: str, norm: str, lexicon: dict[str, float] | None = None) -> dict:
-    """A text -> {"tokens": ids}, plus {"lexicon": each token's score (0 when it is not listed)} for a
-    model trained with ``data.lexicon`` (looked up lower-cased, before normalisation)."""
+    """A text -> {"tokens": ids}, plus {"lexicon": each token's score} for a model trained with
+    ``data.lexicon``."""
     toks = tokenize(text, tokenizer)
     item = {"tokens": vocab.encode(normalize(t, norm) for t in toks)}
     if lexicon is not None:
-        item["lexicon"] = [lexicon.get(t.lower(), 0.0) for t in toks]
+        item["lexicon"] = lexicon_scores(toks, lexicon)
     return item
 
 
