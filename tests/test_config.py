@@ -112,6 +112,12 @@ def test_other_bad_values_are_rejected(compose):
         assert part in msg
 
 
+@pytest.mark.parametrize("value", ["1", "0", "-0.5", "true", "fast"])
+def test_a_moving_average_decay_outside_0_1_is_rejected(compose, value):
+    msg = errors_of(compose, [f"ema={value}"])
+    assert msg.startswith("ema=") and "must be a decay between 0 and 1" in msg
+
+
 def test_every_problem_is_reported_at_once(compose):
     msg = errors_of(compose, ["depth=0", "hidden_size=0", "direction=sideways", "+trainer.max_epoch=3",
                               "cell.name=nosuchcell"])

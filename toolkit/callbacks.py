@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 from toolkit.errors import Interrupted, NumericError
 
@@ -166,3 +167,24 @@ def _clip_hint(pl_module: pl.LightningModule) -> str:
 
 def _nonfinite_name(t: torch.Tensor) -> str:
     return "nan" if torch.isnan(t).any() else "inf"
+
+
+class MovingAverage(EMAWeightAveraging):
+    """``ema=<decay>``: an exponential moving average of the weights, updated after every optimiser step.
+
+    Lightning's callback swaps the average in for each validation, so early stopping and
+    the best checkpoint judge the average, and every checkpoint's ``state_dict`` holds
+    the average (the trained weights ride along as ``current_model_state`` so that a
+    resumed run continues from them). One change: Lightning's callback reloads those
+    trained weights whenever a checkpoint is loaded, which would make ``trainer.test``
+    of the best checkpoint test the weights that were not validated; here they are
+    reloaded only to go on training, and a test reads the average it was chosen by.
+    """
+
+    def __init__(self, decay: float):
+        super().__init__(decay=decay)
+        self.decay = decay
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

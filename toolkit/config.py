@@ -133,6 +133,10 @@ def validate(cfg: DictConfig) -> None:
         errors.append(f"seed={cfg.seed!r} must be a whole number")
     if problem := whole_number_problem("patience", cfg.patience, null=True):
         errors.append(problem)
+    ema = cfg.get("ema")
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
+        errors.append(f"ema={ema!r} must be a decay between 0 and 1 (e.g. 0.99: the average of about the last "
+                      "100 steps), or null for no moving average")
     diagnose = cfg.get("diagnose", False)
     if not isinstance(diagnose, bool):
         errors.append(f"diagnose={diagnose!r} must be true or false")

@@ -32,7 +32,7 @@ try:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-    from toolkit.callbacks import LastCheckpoint, NonFinite, Reproducible
+    from toolkit.callbacks import LastCheckpoint, MovingAverage, NonFinite, Reproducible
     from toolkit.checkpoints import AtomicCheckpointIO, read_checkpoint
     from toolkit.config import check_batches, check_environment, register_plugin_cells, validate
     from toolkit.diagnose import GradientDiagnostic
@@ -214,6 +214,8 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.patience is not None:  # checked after each validation, never on a metric that was not computed
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.task.mode, patience=cfg.patience,
                                        check_on_train_epoch_end=False))
+    if cfg.get("ema") is not None:  # validation, checkpoints and test read the average (Lightning swaps it in)
+        callbacks.append(MovingAverage(float(cfg.ema)))
     if cfg.diagnose:  # ||dL/da<t>|| at the start and end of fit: gradients.png, gradients.csv
         callbacks.append(GradientDiagnostic(run_dir, head))
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=make_loggers(cfg, run_dir, resumed_step),
