@@ -28,17 +28,19 @@ def assert_same_tensors(a: dict, b: dict, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_killed_run_resumed_from_last_matches_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["ema=0.9"]], ids=["plain", "moving-average"])
+def test_killed_run_resumed_from_last_matches_the_uninterrupted_run(tmp_path, extra):
     module = [sys.executable, "-m", "toolkit.train"]
+    args = [*RUN, *extra]
     run_a, run_b = tmp_path / "a", tmp_path / "b"
 
-    a = run_cmd([*module, *RUN, f"hydra.run.dir={run_a}"], cwd=tmp_path)
+    a = run_cmd([*module, *args, f"hydra.run.dir={run_a}"], cwd=tmp_path)
     assert a.returncode == 0, a.explain()
     seconds = float(re.search(r"training 4 epochs .*· ([\d.]+)s", a.stdout).group(1))
     epoch = seconds / 4
 
     last_b = run_b / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([*module, *RUN, f"hydra.run.dir={run_b}"], cwd=tmp_path, env=child_env(),
+    proc = subprocess.Popen([*module, *args, f"hydra.run.dir={run_b}"], cwd=tmp_path, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -56,7 +58,7 @@ def test_killed_run_resumed_from_last_matches_the_uninterrupted_run(tmp_path):
     assert killed_at["epoch"] == 0, "the kill did not land in the second epoch: make its epochs longer"
     assert not (run_b / "summary.txt").exists()
 
-    b = run_cmd([*module, *RUN, "ckpt_path=last", f"hydra.run.dir={run_b}"], cwd=tmp_path)
+    b = run_cmd([*module, *args, "ckpt_path=last", f"hydra.run.dir={run_b}"], cwd=tmp_path)
     assert b.returncode == 0, b.explain()
     assert f"resumed  from {last_b}" in b.stdout
     assert "training 4 epochs" in b.stdout
@@ -65,6 +67,9 @@ def test_killed_run_resumed_from_last_matches_the_uninterrupted_run(tmp_path):
     assert (final_a["epoch"], final_a["global_step"]) == (final_b["epoch"], final_b["global_step"])
     assert final_a["global_step"] > 0
     assert_same_tensors(final_a["state_dict"], final_b["state_dict"], "weights")
+    if extra:  # the state_dict is the average; the weights being trained resume too
+        assert_same_tensors(final_a["current_model_state"], final_b["current_model_state"], "trained weights")
+        assert not torch.equal(final_b["state_dict"]["out.weight"], final_b["current_model_state"]["out.weight"])
     for sa, sb in zip(final_a["optimizer_states"][0]["state"].values(),
                       final_b["optimizer_states"][0]["state"].values()):
         assert_same_tensors(sa, sb, "Adam state")
