@@ -223,6 +223,9 @@ def _long_csv() -> st.SearchStrategy[bytes]:
 @SETTINGS
 @given(data=st.one_of(_long_csv(), ANY_BYTES), missing=st.sampled_from(["error", "interpolate"]),
        time_col=st.sampled_from(["time", None]))
+@example(data=b'"\x00\n\x00', missing="error", time_col="time")  # a quoted header name holding a newline
+@example(data=b'id,time,f,label\n"a\nb",1,0.5,x\n"a\nb",1,0.5,x\n', missing="error", time_col="time")
+@example(data=b'id,time,f,label\na,1,0.5,"x\ny"\na,2,0.5,z\n', missing="error", time_col="time")
 def test_read_long_csv_gives_sequences_or_a_data_error(scratch, data, missing, time_col):
     from toolkit.data.series import read_long_csv
 

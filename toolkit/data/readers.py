@@ -165,10 +165,20 @@ def _table_rows(path: Path):
     return _csv_rows(path, text)
 
 
+def one_line(text) -> str:
+    """A value read from a file, for an error sentence: a quoted CSV field may hold a line break."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def column_names(columns) -> str:
+    """A header's column names for an error sentence, on one line."""
+    return ", ".join(one_line(c) for c in columns)
+
+
 def _require(path: Path, lineno: int, row: dict, columns: tuple[str, ...], keys: str) -> None:
     for col in columns:
         if col not in row:
-            names = ", ".join(str(c).replace("\r", "\\r").replace("\n", "\\n") for c in row)  # one line
+            names = column_names(row)
             raise DataError(f"{path}:{lineno}: no column '{col}' (columns: {names}); set {keys}")
 
 

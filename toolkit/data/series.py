@@ -29,7 +29,7 @@ import torch
 
 from toolkit.data.fetch import pip_members
 from toolkit.data.base import BucketBatchSampler, BucketedLoaders
-from toolkit.data.readers import lines, read_text
+from toolkit.data.readers import column_names, lines, one_line, read_text
 from toolkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -253,13 +253,13 @@ def read_long_csv(path: str | Path, id_col: str = "id", time_col: str | None = "
         named = [c for c in (id_col, time_col) if c is not None]
         for col in named:
             if col not in header:
-                raise DataError(f"{path}:1: no column '{col}' (columns: {', '.join(header)}); set data.id_col / "
+                raise DataError(f"{path}:1: no column '{col}' (columns: {column_names(header)}); set data.id_col / "
                                 "data.time_col")
         has_label = label_col is not None and label_col in header
         features = list(feature_cols) if feature_cols else [h for h in header if h not in (*named, label_col)]
         for col in features:
             if col not in header:
-                raise DataError(f"{path}:1: no feature column '{col}' (columns: {', '.join(header)})")
+                raise DataError(f"{path}:1: no feature column '{col}' (columns: {column_names(header)})")
         if not features:
             raise DataError(f"{path}:1: no feature columns besides {', '.join(named)}"
                             + (f" and {label_col}" if has_label else ""))
@@ -283,10 +283,11 @@ def read_long_csv(path: str | Path, id_col: str = "id", time_col: str | None = "
                 if not y:
                     raise DataError(f"{where}: empty label in column '{label_col}'")
                 if seq["y"] is not None and y != seq["y"]:
-                    raise DataError(f"{where}: sequence '{key}' has label '{y}' here but '{seq['y']}' on line "
+                    raise DataError(f"{where}: sequence '{one_line(key)}' has label '{one_line(y)}' here but "
+                                    f"'{one_line(seq['y'])}' on line "
                                     f"{seq['line']}; a sequence has one label")
                 seq["y"] = y
-            seq["steps"].append((step, reader.line_num, [_number(row[index[c]], f"{where}: column '{c}'")
+            seq["steps"].append((step, reader.line_num, [_number(row[index[c]], f"{where}: column '{one_line(c)}'")
                                                          for c in features]))
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
@@ -297,7 +298,8 @@ def read_long_csv(path: str | Path, id_col: str = "id", time_col: str | None = "
         steps = sorted(seq["steps"], key=lambda s: s[0])
         for a, b in zip(steps, steps[1:]):
             if a[0] == b[0]:
-                raise DataError(f"{path}:{b[1]}: sequence '{key}' has time step {b[0]:g} twice (also line {a[1]})")
+                raise DataError(f"{path}:{b[1]}: sequence '{one_line(key)}' has time step {b[0]:g} twice "
+                                f"(also line {a[1]})")
         x = np.array([s[2] for s in steps], dtype=np.float64)  # (T, F)
         out.append({"x": finish(x, f"{path}: sequence '{key}'", missing), "y": seq["y"]})
     return out
