@@ -183,7 +183,6 @@ class MovingAverage(EMAWeightAveraging):
 
     def __init__(self, decay: float):
         super().__init__(decay=decay)
-        self.decay = decay
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == TrainerFn.FITTING:

@@ -178,8 +178,7 @@ def column_names(columns) -> str:
 def _require(path: Path, lineno: int, row: dict, columns: tuple[str, ...], keys: str) -> None:
     for col in columns:
         if col not in row:
-            names = column_names(row)
-            raise DataError(f"{path}:{lineno}: no column '{col}' (columns: {names}); set {keys}")
+            raise DataError(f"{path}:{lineno}: no column '{col}' (columns: {column_names(row)}); set {keys}")
 
 
 def _csv_rows(path: Path, text: str):

@@ -301,7 +301,7 @@ def read_long_csv(path: str | Path, id_col: str = "id", time_col: str | None = "
                 raise DataError(f"{path}:{b[1]}: sequence '{one_line(key)}' has time step {b[0]:g} twice "
                                 f"(also line {a[1]})")
         x = np.array([s[2] for s in steps], dtype=np.float64)  # (T, F)
-        out.append({"x": finish(x, f"{path}: sequence '{key}'", missing), "y": seq["y"]})
+        out.append({"x": finish(x, f"{path}: sequence '{one_line(key)}'", missing), "y": seq["y"]})
     return out
 
 
