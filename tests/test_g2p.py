@@ -305,7 +305,7 @@ def test_rtk_train_g2p_reports_test_per_and_wer(g2p_run):
     assert result.returncode == 0, result.explain()
     block = summary_block(result.stdout)
     assert "Recurrent Toolkit · g2p" in block
-    assert "model    lstm (native) · depth 1 · bidirectional · hidden 16" in block
+    assert "model    lstm (native) · depth 2 · bidirectional · hidden 16" in block  # the default: a 2-layer encoder
     test_line = next(line for line in block.splitlines() if line.startswith("test "))
     assert re.fullmatch(r"test     loss \d+\.\d{4}  per \d+\.\d{4}  wer \d\.\d{4}", test_line), test_line
     assert re.search(r"^         recurrent → [A-Z]+( [A-Z]+)*$", block, re.M), block
@@ -313,7 +313,8 @@ def test_rtk_train_g2p_reports_test_per_and_wer(g2p_run):
     assert results["monitor"] == "val_per" and set(results["test"]) == {"test_loss", "test_per", "test_wer"}
     ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
-    assert hp["head"] == "seq2seq" and hp["direction"] == "bi" and hp["decoder_depth"] == 1
+    assert hp["head"] == "seq2seq" and hp["direction"] == "bi" and hp["depth"] == 2 and hp["decoder_depth"] == 1
+    assert hp["rnn_dropout"] == 0.3 and hp["lr_schedule"] == "cosine" and hp["lr_decay"] is None
     assert hp["spec"]["labels"] == cmudict_phonemes()
 
 
