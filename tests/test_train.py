@@ -70,7 +70,7 @@ def test_printed_summary_shows_test_metrics_and_the_run_dir(trained, task, metri
     assert result.returncode == 0, result.explain()
     block = summary_block(result.stdout)
     assert f"Recurrent Toolkit · {task}" in block
-    assert "model    lstm (native) · depth 1 · bidirectional · hidden 16" in block
+    assert f"model    lstm (native) · depth {2 if task == 'sentiment' else 1} · bidirectional · hidden 16" in block  # sentiment: two layers by default
     assert "training 1 epoch (best at epoch 1)" in block
     test_line = next(line for line in block.splitlines() if line.startswith("test "))
     value = float(re.search(rf"\b{metric} (\d\.\d{{4}})", test_line).group(1))
