@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import types
 
@@ -410,3 +412,33 @@ def test_run_cell_keeps_each_steps_state_in_the_autograd_graph():
 def test_length_mask_marks_each_sequences_real_steps():
     assert layers.length_mask(torch.tensor([2, 3]), 4).tolist() == [[True, True, False, False],
                                                                     [True, True, True, False]]
+
+
+_BF16_WITHOUT_ONEDNN = r"""
+import torch
+from toolkit.layers import Recurrent
+
+# ONEDNN_MAX_CPU_ISA=AVX2 gives oneDNN the instructions of a CPU without bfloat16; torch.nn.LSTM
+# itself fails there under CPU autocast ("could not create a primitive descriptor")
+assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+torch.manual_seed(0)
+m = Recurrent("lstm", 8, 8, num_layers=2, bidirectional=True, dropout=0.0, backend="native")
+x, lengths = torch.randn(3, 5, 8), torch.tensor([5, 3, 2])
+for lens in (None, lengths):
+    ref, _ = m(x, lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = m(x, lens)
+    assert y.dtype == h.dtype == torch.bfloat16, (y.dtype, h.dtype)
+    assert (y.float() - ref).abs().max() < 0.05, (y.float() - ref).abs().max()
+    m.zero_grad()
+    y.float().sum().backward()
+    g = m.cells[0].weight_hh.grad
+    assert g.dtype == torch.float32 and g.isfinite().all() and g.abs().sum() > 0
+print("ok")
+"""
+
+
+def test_native_lstm_trains_under_cpu_bf16_autocast_on_a_cpu_without_bf16_in_onednn():
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    res = subprocess.run([sys.executable, "-c", _BF16_WITHOUT_ONEDNN], env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -26,6 +26,7 @@ ValueError rather than a silent special case.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -323,17 +324,28 @@ class Recurrent(nn.Module):
         own_dropout = self.dropout > 0 and self.training and L > 1
         groups = [[layer] for layer in range(L)] if own_dropout else [list(range(L))]
         inp = x if packed is None else packed.data  # (B, T, I) or (N, I), N = sum of lengths
+        low = _cpu_autocast_dtype(x) if kernel == "lstm" else None
+        if low is not None:
+            # Under CPU autocast the LSTM kernel runs in bfloat16 as autocast runs it, but with
+            # the casts made here: autocast casts inside oneDNN's LSTM op (the one recurrent op on
+            # its CPU list) without asking whether this CPU has a bfloat16 LSTM, and on one
+            # without (AVX2 only, say) that op fails. Given bfloat16 tensors, PyTorch itself
+            # picks oneDNN where it can and its own kernel where it cannot; bfloat16 either way.
+            inp, state = inp.to(low), tuple(s.to(low) for s in state)
         finals: list[tuple[Tensor, ...]] = []
         for group in groups:
             lo, hi = group[0] * D, (group[-1] + 1) * D
             weights = [p for c in self.cells[lo:hi] for p in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
+            if low is not None:
+                weights = [w.to(low) for w in weights]
             hx = tuple(s[lo:hi] for s in state)  # each (len(group) * D, B, H)
             h0 = hx if kernel == "lstm" else hx[0]
-            if packed is None:
-                out = run(inp, h0, weights, True, len(group), 0.0, self.training, self.bidirectional, True)
-            else:
-                out = run(inp, packed.batch_sizes, h0, weights, True, len(group), 0.0,
-                          self.training, self.bidirectional)
+            with torch.autocast("cpu", enabled=False) if low is not None else contextlib.nullcontext():
+                if packed is None:
+                    out = run(inp, h0, weights, True, len(group), 0.0, self.training, self.bidirectional, True)
+                else:
+                    out = run(inp, packed.batch_sizes, h0, weights, True, len(group), 0.0,
+                              self.training, self.bidirectional)
             y = out[0]
             finals.append(tuple(out[1:]))
             if packed is not None and own_dropout and group[-1] < L - 1:
@@ -350,6 +362,13 @@ class Recurrent(nn.Module):
                                                       packed.unsorted_indices), batch_first=True, total_length=T)
             final = tuple(h.index_select(1, packed.unsorted_indices) for h in final)
         return y, final
+
+
+def _cpu_autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype CPU autocast runs the recurrent kernel in for x, or None when it is off."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    return torch.get_autocast_dtype("cpu")
 
 
 def _flip(x: Tensor, rev_index: Tensor | None) -> Tensor:
