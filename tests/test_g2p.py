@@ -172,11 +172,33 @@ def test_a_words_output_does_not_depend_on_the_rest_of_its_batch():
         assert len(short) <= max(SPEC["max_target_len"], 2 * 2) + 1
 
 
+def test_label_smoothing_spreads_its_share_over_the_writable_tokens_only_and_in_training_only():
+    torch.manual_seed(0)
+    model = Seq2SeqTask(spec=SPEC, cell=LSTM, hidden_size=8, label_smoothing=0.2).eval()
+    batch = collate_pairs([{"tokens": [2, 3, 4], "target": [0, 1]}, {"tokens": [3], "target": [1]}])
+    logp = model(batch).log_softmax(-1)  # (B, T, V); <pad> and <bos> are -inf
+    targets = batch["dec_out"]
+    real = targets != -100
+    writable = logp[..., ~model.never_out]  # (B, T, V - 2)
+    picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    by_hand = (0.8 * -picked - 0.2 * writable.mean(-1))[real].mean()
+    smoothed = model._loss(batch, 0.2)
+    assert torch.isfinite(smoothed) and torch.allclose(smoothed, by_hand)
+    assert torch.allclose(model._loss(batch), -picked[real].mean())  # 0: the plain cross-entropy
+    # training_step takes the smoothed loss; validation logs the plain one
+    model.log = lambda *a, **k: None
+    torch.manual_seed(1)
+    train_loss = model.train().training_step(batch, 0)
+    torch.manual_seed(1)
+    assert torch.allclose(train_loss, model._loss(batch, 0.2))
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("beam_size", 0, "model.beam_size=0 must be a whole number of at least 1"),
     ("decoder_depth", 0, "model.decoder_depth=0 must be a whole number of at least 1"),
     ("attention", "yes", "model.attention='yes' must be true or false"),
     ("lr_decay", 1.5, "model.lr_decay=1.5 must be a number in (0, 1), or null for none"),
+    ("label_smoothing", 1.0, "model.label_smoothing=1.0 must be a number in [0, 1)"),
 ])
 def test_bad_model_keys_are_named_in_one_sentence(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -137,3 +137,37 @@ def test_a_classifier_starts_from_a_language_model_and_refuses_one_that_does_not
     other = rtk("train", "task=classification", *TINY, f"data.train_file={rows}", "data.tokenizer=chars",
                 f"model.init_from={ckpt}", f"hydra.run.dir={tmp_path / 'other'}")
     assert other.returncode == 2 and "data.tokenizer='words'" in other.stderr, other.explain()
+
+
+def test_a_classifier_with_label_smoothing_trains_on_the_smoothed_loss_and_refuses_a_share_of_one():
+    import torch.nn.functional as F
+
+    from toolkit.errors import ConfigError
+    from toolkit.tasks.classification import ClassificationTask
+
+    spec = {"kind": "classification", "tokenizer": "words", "normalize": "lower",
+            "vocab": ["<pad>", "<unk>", *[f"w{i}" for i in range(20)]], "labels": ["a", "b", "c"]}
+    model = ClassificationTask(spec=spec, cell={"name": "lstm"}, hidden_size=4, embedding_dim=4, dropout=0.0,
+                               label_smoothing=0.3).train()
+    model.log = lambda *a, **k: None
+    batch = {"tokens": torch.randint(2, 22, (5, 6)), "lengths": torch.tensor([6, 5, 4, 3, 2]),
+             "labels": torch.tensor([0, 1, 2, 0, 1])}
+    logits = model(batch)
+    smoothed = F.cross_entropy(logits, batch["labels"], label_smoothing=0.3)
+    assert torch.allclose(model.training_step(batch, 0), smoothed)
+    assert not torch.allclose(smoothed, F.cross_entropy(logits, batch["labels"]))
+    with pytest.raises(ConfigError, match=r"model\.label_smoothing=1 must be a number in \[0, 1\)"):
+        ClassificationTask(spec=spec, cell={"name": "lstm"}, hidden_size=4, label_smoothing=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["sentiment", "g2p"])
+def test_label_smoothing_trains_tests_and_predicts(rtk, tmp_path, task):
+    run = tmp_path / "run"
+    r = rtk("train", f"task={task}", *TINY, "depth=1", "model.label_smoothing=0.1",
+            f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.explain()
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert test and all(v == v for v in test.values())  # every test metric a number, none NaN
+    p = rtk("predict", f"ckpt={run}/checkpoints/best.ckpt", "text=recurrent")
+    assert p.returncode == 0 and p.stdout.strip(), p.explain()

@@ -10,7 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from toolkit.data.classification import collate_classification, encode_text
 from toolkit.errors import ConfigError
 from toolkit.layers import length_mask
-from toolkit.tasks.base import SequenceTask, defaults
+from toolkit.tasks.base import SequenceTask, defaults, number_problem
 
 POOLING = ("last", "mean", "max")
 
@@ -20,8 +20,8 @@ class ClassificationTask(SequenceTask):
 
     head = "classification"
 
-    def __init__(self, *args, pooling: str = "last", **kw):
-        super().__init__(*args, pooling=pooling, **kw)
+    def __init__(self, *args, pooling: str = "last", label_smoothing: float = 0.0, **kw):
+        super().__init__(*args, pooling=pooling, label_smoothing=label_smoothing, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
         n = len(self.labels)
         self.metrics = nn.ModuleDict({
@@ -33,9 +33,11 @@ class ClassificationTask(SequenceTask):
     @classmethod
     def problems(cls, hp: dict) -> list[str]:
         out = super().problems(hp)
-        pooling = (defaults(ClassificationTask.__init__) | hp)["pooling"]
-        if pooling not in POOLING:
-            out.append(f"model.pooling={pooling!r} is not one of: {', '.join(POOLING)}")
+        hp = defaults(ClassificationTask.__init__) | hp
+        if hp["pooling"] not in POOLING:
+            out.append(f"model.pooling={hp['pooling']!r} is not one of: {', '.join(POOLING)}")
+        if problem := number_problem("model.label_smoothing", hp["label_smoothing"]):
+            out.append(problem)
         return out
 
     def pool(self, y: Tensor, lengths: Tensor) -> Tensor:
@@ -72,7 +74,8 @@ class ClassificationTask(SequenceTask):
         return self.out(self.pool(y, batch["lengths"]))  # (B, n_labels)
 
     def training_step(self, batch, _):
-        loss = F.cross_entropy(self(batch), batch["labels"])
+        # label smoothing (Szegedy et al. 2016) shapes the training loss only; val_loss is the plain one
+        loss = F.cross_entropy(self(batch), batch["labels"], label_smoothing=self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 

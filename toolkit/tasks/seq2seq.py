@@ -46,7 +46,7 @@ from toolkit.data.seq2seq import BOS_ID, EOS_ID, PAD_ID, SPECIALS, collate_pairs
 from toolkit.data.text import normalize, tokenize
 from toolkit.errors import ConfigError, whole_number_problem
 from toolkit.layers import Recurrent, length_mask
-from toolkit.tasks.base import SequenceTask, defaults
+from toolkit.tasks.base import SequenceTask, defaults, number_problem
 
 State = tuple[Tensor, ...]
 
@@ -111,6 +111,8 @@ class Seq2SeqTask(SequenceTask):
                 out.append(problem)
         if not isinstance(hp["attention"], bool):
             out.append(f"model.attention={hp['attention']!r} must be true or false")
+        if problem := number_problem("model.label_smoothing", hp["label_smoothing"]):
+            out.append(problem)
         decay = hp["lr_decay"]
         if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
             out.append(f"model.lr_decay={decay!r} must be a number in (0, 1), or null for none")
@@ -120,9 +122,9 @@ class Seq2SeqTask(SequenceTask):
         return out
 
     def __init__(self, *args, decoder_depth: int | None = None, attention: bool = True, beam_size: int = 5,
-                 lr_decay: float | None = None, **kw):
+                 lr_decay: float | None = None, label_smoothing: float = 0.0, **kw):
         super().__init__(*args, decoder_depth=decoder_depth, attention=attention, beam_size=beam_size,
-                         lr_decay=lr_decay, **kw)
+                         lr_decay=lr_decay, label_smoothing=label_smoothing, **kw)
         hp = self.hparams
         cell = dict(hp.cell)
         n_out = len(SPECIALS) + len(self.labels)
@@ -283,12 +285,22 @@ class Seq2SeqTask(SequenceTask):
         return picked.masked_fill(dec_out == -100, 0.0).sum(-1)
 
     # --------------------------------------------------------------- training
-    def _loss(self, batch: dict) -> Tensor:
-        logits = self(batch)
-        return F.cross_entropy(logits.flatten(0, 1), batch["dec_out"].flatten(), ignore_index=-100)
+    def _loss(self, batch: dict, label_smoothing: float = 0.0) -> Tensor:
+        logits = self(batch).flatten(0, 1)  # (B * T, V)
+        targets = batch["dec_out"].flatten()
+        if not label_smoothing:
+            return F.cross_entropy(logits, targets, ignore_index=-100)
+        # (1 - e) of the target's loss + e of the mean loss over the tokens the decoder may write
+        # (<pad> and <bos> score -inf; F.cross_entropy's smoothing would spread mass onto them)
+        keep = targets != -100
+        logp = logits[keep].log_softmax(-1)[:, ~self.never_out]  # (N, V'), the writable tokens
+        allowed = torch.cumsum(~self.never_out, 0) - 1  # a token's column in logp
+        nll = -logp.gather(-1, allowed[targets[keep]][:, None])[:, 0]
+        return ((1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)).mean()
 
     def training_step(self, batch, _):
-        loss = self._loss(batch)
+        # label smoothing (Szegedy et al. 2016) shapes the training loss only; val_loss is the plain one
+        loss = self._loss(batch, self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 
