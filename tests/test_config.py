@@ -174,7 +174,7 @@ def test_head_hyper_parameters_are_checked_with_the_rest_before_any_data_and_all
     for needle in ("model.decode='vitterbi' must be one of", "model.char_kernel=2 must be an odd whole number",
                    "model.dropout=2 must be a number in [0, 1)", "seed=1.5"):
         assert needle in msg, needle
-    assert "model.pooling='maxx' is not one of: last, mean, max" in errors_of(
+    assert "model.pooling='maxx' is not one of: last, mean, max, attention" in errors_of(
         compose, ["task=sentiment", "model.pooling=maxx"])
     assert "model.beam_size=0 must be a whole number of at least 1" in errors_of(
         compose, ["task=g2p", "model.beam_size=0"])

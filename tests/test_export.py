@@ -91,6 +91,15 @@ def test_torchscript_keeps_a_loop_of_the_inputs_length(tmp_path, cell):
     assert_export_matches_torch(model, path, fmt="torchscript")
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_classifier_with_attention_pooling_exports_and_pools_over_each_sequences_own_steps(tmp_path, fmt):
+    torch.manual_seed(0)
+    model = wrap(classification_task(cell="lstm", depth=2, direction="bi", pooling="attention").eval())
+    path, side, _ = export(model, tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"), fmt=fmt)
+    assert json.loads(side.read_text())["pooling"] == "attention"
+    assert_export_matches_torch(model, path, fmt=fmt)  # padded batches of unequal lengths among them
+
+
 def test_missing_onnx_gets_the_install_command(tmp_path):
     ckpt = save(classification_task(), tmp_path / "c.ckpt")
     code = ("import sys; sys.modules['onnxscript'] = None; from toolkit.cli import main; "

@@ -171,3 +171,44 @@ def test_label_smoothing_trains_tests_and_predicts(rtk, tmp_path, task):
     assert test and all(v == v for v in test.values())  # every test metric a number, none NaN
     p = rtk("predict", f"ckpt={run}/checkpoints/best.ckpt", "text=recurrent")
     assert p.returncode == 0 and p.stdout.strip(), p.explain()
+
+
+def test_attention_pooling_is_the_softmax_weighted_sum_of_the_real_steps_only():
+    from toolkit.tasks.classification import ClassificationTask
+
+    torch.manual_seed(0)
+    spec = {"kind": "classification", "tokenizer": "words", "normalize": "lower",
+            "vocab": ["<pad>", "<unk>", *[f"w{i}" for i in range(20)]], "labels": ["a", "b"]}
+    model = ClassificationTask(spec=spec, cell={"name": "lstm"}, hidden_size=4, embedding_dim=4, dropout=0.0,
+                               direction="bi", pooling="attention").eval()
+    pool = model.attention_pool
+    y = torch.randn(2, 5, 8)
+    lengths = torch.tensor([5, 3])
+    y[1, 3:] = 0.0  # the encoder's output is zero at padded steps; their score tanh(b) is not
+    got = model.pool(y, lengths)
+    for i, n in enumerate(lengths.tolist()):  # by hand: e_t = v . tanh(W y_t + b) over the real steps
+        e = torch.stack([pool.query.weight[0] @ torch.tanh(pool.proj.weight @ y[i, t] + pool.proj.bias)
+                         for t in range(n)])
+        alpha = torch.exp(e - e.max()) / torch.exp(e - e.max()).sum()
+        torch.testing.assert_close(got[i], (alpha[:, None] * y[i, :n]).sum(0))
+    # what stands in the padding cannot move the pooled vector
+    y[1, 3:] = 100.0
+    torch.testing.assert_close(model.pool(y, lengths), got)
+    batch = {"tokens": torch.randint(2, 22, (2, 5)), "lengths": lengths}
+    assert model(batch).shape == (2, 2)
+    # the other poolings have no attention parameters
+    plain = ClassificationTask(spec=spec, cell={"name": "lstm"}, hidden_size=4, pooling="max")
+    assert plain.attention_pool is None and not any("attention" in k for k in plain.state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["sentiment", "vowels"])
+def test_attention_pooling_trains_tests_and_predicts(rtk, tmp_path, task):
+    run = tmp_path / "run"
+    r = rtk("train", f"task={task}", *TINY, "model.pooling=attention", f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.explain()
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert test and all(v == v for v in test.values())  # every test metric a number, none NaN
+    if task == "sentiment":
+        p = rtk("predict", f"ckpt={run}/checkpoints/best.ckpt", "text=a gorgeous film")
+        assert p.returncode == 0 and p.stdout.strip(), p.explain()

@@ -485,7 +485,7 @@ def test_a_plugin_cell_trains_on_sequences_with_no_change(rtk, tmp_path):
 
 
 # ----------------------------------------------------------------------------- Python API and streaming
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "attention"])
 def test_toolkit_load_predicts_arrays_in_one_batch_and_streams_frame_by_frame(tmp_path, pooling):
     import toolkit
 

@@ -88,7 +88,7 @@ def test_tagger_stream_equals_the_whole_sentence(cell, hp, decode):
 
 
 @pytest.mark.parametrize("cell,hp", CELLS[:1] + CELLS[4:], ids=IDS[:1] + IDS[4:])
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "attention"])
 def test_classifier_stream_gives_the_class_probabilities_of_every_prefix(cell, hp, pooling):
     torch.manual_seed(0)
     model = wrap(classification_task(cell=cell, depth=2, pooling=pooling, cell_hp=hp))

@@ -253,10 +253,12 @@ class Classifier(Model):
 
     def _running_pool(self, stream, y: Tensor) -> Tensor:
         """(n, H) outputs of the new steps -> (n, H) pooled (as ``model.pooling``) over every step read
-        up to each one; the running sum or max is kept in the stream."""
+        up to each one; the running sum, max or attention sums are kept in the stream."""
         pooling = self.task.hparams.pooling
         if pooling == "last":
             return y
+        if pooling == "attention":
+            return Classifier._running_attention(self, stream, y)  # also called for the series model
         before = stream.memory.get("pool")
         if pooling == "max":
             run = y.cummax(0).values
@@ -268,6 +270,23 @@ class Classifier(Model):
             return run
         count = torch.arange(stream.steps + 1, stream.steps + y.size(0) + 1, device=y.device, dtype=y.dtype)
         return run / count[:, None]
+
+    def _running_attention(self, stream, y: Tensor) -> Tensor:
+        """Attention pooling of every prefix, one new step at a time (an online softmax): the
+        stream keeps the largest score m so far, Σ exp(e_t - m) and Σ exp(e_t - m) y_t."""
+        scores = self.task.attention_pool.scores(y)  # (n,)
+        m, total, weighted = stream.memory.get("attention", (None, None, None))
+        out = []
+        for e, step in zip(scores, y):
+            if m is None:
+                m, total, weighted = e, torch.ones_like(e), step
+            else:
+                new = torch.maximum(m, e)
+                old_scale, w = torch.exp(m - new), torch.exp(e - new)
+                m, total, weighted = new, total * old_scale + w, weighted * old_scale + w * step
+            out.append(weighted / total)
+        stream.memory["attention"] = (m, total, weighted)
+        return torch.stack(out)
 
     @property
     def export_inputs(self) -> tuple[str, ...]:

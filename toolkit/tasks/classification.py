@@ -12,7 +12,31 @@ from toolkit.errors import ConfigError
 from toolkit.layers import length_mask
 from toolkit.tasks.base import SequenceTask, defaults, number_problem
 
-POOLING = ("last", "mean", "max")
+POOLING = ("last", "mean", "max", "attention")
+
+
+class AttentionPool(nn.Module):
+    """Attention pooling (Yang et al. 2016; Lin et al. 2017 with one head): a learned query
+    scores each step, and the pooled vector is the softmax-weighted sum of the steps::
+
+        e_t = v^T tanh(W y_t + b),   α = softmax(e) over the sequence's real steps,   pooled = Σ_t α_t y_t
+
+    ``W``: (size, size), ``b``, ``v``: (size,), with size the encoder's output size (H * D).
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.proj = nn.Linear(size, size)
+        self.query = nn.Linear(size, 1, bias=False)
+
+    def scores(self, y: Tensor) -> Tensor:
+        """(..., T, size) -> (..., T) unnormalised scores e_t."""
+        return self.query(torch.tanh(self.proj(y))).squeeze(-1)
+
+    def forward(self, y: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, size), (B, T) bool (True at real steps) -> (B, size)."""
+        alpha = self.scores(y).masked_fill(~mask, float("-inf")).softmax(-1)  # (B, T)
+        return torch.bmm(alpha[:, None, :], y)[:, 0]
 
 
 class ClassificationTask(SequenceTask):
@@ -23,6 +47,7 @@ class ClassificationTask(SequenceTask):
     def __init__(self, *args, pooling: str = "last", label_smoothing: float = 0.0, **kw):
         super().__init__(*args, pooling=pooling, label_smoothing=label_smoothing, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
+        self.attention_pool = AttentionPool(self.rnn.output_size) if pooling == "attention" else None
         n = len(self.labels)
         self.metrics = nn.ModuleDict({
             f"{stage}_{name}": metric(num_classes=n, average="macro" if name == "f1" else "micro")
@@ -47,6 +72,8 @@ class ClassificationTask(SequenceTask):
             return y.sum(1) / lengths.to(y)[:, None]
         if self.hparams.pooling == "max":
             return y.masked_fill(~mask[..., None], float("-inf")).max(1).values
+        if self.hparams.pooling == "attention":
+            return self.attention_pool(y, mask)
         return self.last(y, lengths)
 
     def last(self, y: Tensor, lengths: Tensor) -> Tensor:

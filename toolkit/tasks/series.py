@@ -28,7 +28,7 @@ from toolkit.data.series import collate_series, read_series
 from toolkit.errors import ConfigError, DataError, whole_number_problem
 from toolkit.layers import length_mask
 from toolkit.tasks.base import SequenceTask, defaults, number_problem
-from toolkit.tasks.classification import POOLING, ClassificationTask
+from toolkit.tasks.classification import POOLING, AttentionPool, ClassificationTask
 
 
 class SeriesTask(SequenceTask):
@@ -47,6 +47,7 @@ class SeriesTask(SequenceTask):
         self.register_buffer("std", torch.tensor(spec["std"], dtype=torch.float32), persistent=False)
         self.project = nn.Linear(spec["features"], projection) if projection else None
         self.out = nn.Linear(self.rnn.output_size, 1 if self.regression else len(self.labels))
+        self.attention_pool = AttentionPool(self.rnn.output_size) if pooling == "attention" else None
         if self.regression:
             self.metrics = nn.ModuleDict({f"{stage}_{name}": metric() for stage in ("val", "test")
                                           for name, metric in (("mse", MeanSquaredError), ("mae", MeanAbsoluteError))})
@@ -72,7 +73,7 @@ class SeriesTask(SequenceTask):
                 out.append(problem)
         return out
 
-    # the text classifier's pooling over each sequence's own steps (model.pooling: last | mean | max)
+    # the text classifier's pooling over each sequence's own steps (model.pooling: last | mean | max | attention)
     pool = ClassificationTask.pool
     last = ClassificationTask.last
 
