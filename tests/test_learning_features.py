@@ -79,8 +79,9 @@ def test_word_dropout_turns_known_tokens_into_unk_in_training_only(compose):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["model.decode=crf"], ["model.decode=crf", "model.tag_scheme=bioes"],
-                                   ["model.char_encoder=lstm", "model.word_dropout=0.1"]],
-                         ids=["crf", "crf-bioes", "char-lstm"])
+                                   ["model.char_encoder=lstm", "model.word_dropout=0.1"],
+                                   ["model.decode=crf", "model.lm_weight=0.1"]],
+                         ids=["crf", "crf-bioes", "char-lstm", "crf-lm-objective"])
 def test_a_tagger_with_each_switch_trains_tests_and_predicts(rtk, tmp_path, extra):
     run = tmp_path / "run"
     r = rtk("train", *TINY, "trainer.limit_train_batches=10", *extra, f"hydra.run.dir={run}")
@@ -212,3 +213,41 @@ def test_attention_pooling_trains_tests_and_predicts(rtk, tmp_path, task):
     if task == "sentiment":
         p = rtk("predict", f"ckpt={run}/checkpoints/best.ckpt", "text=a gorgeous film")
         assert p.returncode == 0 and p.stdout.strip(), p.explain()
+
+
+def test_the_language_modelling_objective_predicts_the_next_word_forward_and_the_previous_backward():
+    import torch.nn.functional as F
+
+    from test_api import tagging_task
+    from toolkit.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = tagging_task(direction="bi", lm_weight=0.5, lm_vocab=5, dropout=0.0).train()
+    model.log = lambda *a, **k: None
+    h = model.hparams.hidden_size
+    batch = {"tokens": torch.tensor([[2, 7, 3, 9], [4, 2, 0, 0]]), "lengths": torch.tensor([4, 2]),
+             "shapes": torch.ones(2, 4, dtype=torch.long), "chars": torch.ones(2, 4, 3, dtype=torch.long),
+             "tags": torch.tensor([[0, 1, 0, 0], [0, 0, -100, -100]])}
+    y = model.features(batch)
+    # by hand: ids at or past lm_vocab=5 read as <unk> (1); 0 marks the sentence's ends; padding has no target
+    fwd = {(0, 0): 1, (0, 1): 3, (0, 2): 1, (0, 3): 0, (1, 0): 2, (1, 1): 0}  # (sentence, step) -> next word
+    bwd = {(0, 0): 0, (0, 1): 2, (0, 2): 1, (0, 3): 3, (1, 0): 0, (1, 1): 4}  # -> previous word
+    expected = []
+    for d, targets in enumerate((fwd, bwd)):
+        scores = torch.stack([model.lm_heads[d](y[i, t, d * h:(d + 1) * h]) for i, t in targets])
+        expected.append(F.cross_entropy(scores, torch.tensor(list(targets.values()))))
+    torch.testing.assert_close(model.lm_loss(y, batch), (expected[0] + expected[1]) / 2)
+    torch.manual_seed(1)
+    total = model.training_step(batch, 0)
+    torch.manual_seed(1)
+    y = model.features(batch)
+    tags_only, _ = model._loss(batch, y)
+    torch.testing.assert_close(total, tags_only + 0.5 * model.lm_loss(y, batch))
+    # evaluation reports the tags' own loss; the exported / predicting forward is the tagger's alone
+    assert model(batch).shape == (2, 4, len(model.tags))
+    assert tagging_task(direction="uni", depth=2, lm_weight=0.1).lm_heads is not None and len(
+        tagging_task(direction="uni", depth=2, lm_weight=0.1).lm_heads) == 1
+    assert tagging_task().lm_heads is None
+    with pytest.raises(ConfigError, match=r"^model\.lm_weight=0\.1 needs depth=1 with direction=bi: above the "
+                                          r"first layer, the forward states have already read the words"):
+        tagging_task(direction="bi", depth=2, lm_weight=0.1)

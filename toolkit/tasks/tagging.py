@@ -11,7 +11,7 @@ from toolkit.data.tagging import collate_tagging, encode_tagging
 from toolkit.data.text import SHAPES, Vocab, tokenize
 from toolkit.errors import ConfigError, whole_number_problem
 from toolkit.layers import Recurrent
-from toolkit.tasks.base import SequenceTask, defaults
+from toolkit.tasks.base import SequenceTask, defaults, number_problem
 from toolkit.tasks.crf import CRF, bio_constraints, transition_constraints, viterbi  # noqa: F401 (public here too)
 
 
@@ -95,11 +95,11 @@ class TaggingTask(SequenceTask):
 
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
                  char_kernel: int = 3, char_encoder: str = "cnn", decode: str = "viterbi",
-                 tag_scheme: str = "bio", **kw):
+                 tag_scheme: str = "bio", lm_weight: float = 0.0, lm_vocab: int = 7500, **kw):
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
                          char_kernel=char_kernel, char_encoder=char_encoder, decode=decode,
-                         tag_scheme=tag_scheme, **kw)
+                         tag_scheme=tag_scheme, lm_weight=lm_weight, lm_vocab=lm_vocab, **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
         n_chars = len(self.hparams.spec["chars"])
         self.char_cnn = None  # the character encoder, CNN or BiLSTM (the name keeps checkpoints' keys)
@@ -117,6 +117,14 @@ class TaggingTask(SequenceTask):
         self.constraints = transition_constraints(self.tags) if decode != "greedy" else None
         self.crf = CRF(len(self.tags), self.constraints) if decode == "crf" else None
         self.out = nn.Linear(self.rnn.output_size, len(self.tags))
+        # model.lm_weight: a language-modelling objective beside the tags (Rei 2017): the forward
+        # direction predicts the next word, the backward direction the previous one
+        self.lm_heads = None
+        if lm_weight > 0:
+            h = self.hparams.hidden_size
+            n_words = min(lm_vocab, len(self.vocab.itos))  # the most frequent words; the rest read as <unk>
+            self.lm_heads = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, n_words))
+                                          for _ in range(self.rnn.num_directions))
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
 
@@ -143,17 +151,45 @@ class TaggingTask(SequenceTask):
                 out.append(problem)
         if hp["tag_scheme"] not in ("bio", "bioes"):
             out.append(f"model.tag_scheme={hp['tag_scheme']!r} must be 'bio' or 'bioes'")
+        if problem := number_problem("model.lm_weight", hp["lm_weight"], high=10.0):
+            out.append(problem)
+        elif hp["lm_weight"] and hp["direction"] == "bi" and hp["depth"] != 1:
+            out.append(f"model.lm_weight={hp['lm_weight']} needs depth=1 with direction=bi: above the first "
+                       "layer, the forward states have already read the words they would predict")
+        if problem := whole_number_problem("model.lm_vocab", hp["lm_vocab"], least=2):
+            out.append(problem)
         return out
 
     def input_size(self) -> int:
         return self.hparams.embedding_dim + self._extra_dim
 
-    def forward(self, batch: dict) -> Tensor:
+    def features(self, batch: dict) -> Tensor:
+        """The encoder's outputs (B, T, H*D), dropout applied."""
         parts = [self.embed_tokens(batch["tokens"]), self.shape_embed(batch["shapes"])]  # (B, T, E), (B, T, S)
         if self.char_cnn is not None:
             parts.append(self.char_cnn(batch["chars"]))  # (B, T, F)
         y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"])  # (B, T, H*D)
-        return self.out(self.drop(y))  # (B, T, n_tags)
+        return self.drop(y)
+
+    def forward(self, batch: dict) -> Tensor:
+        return self.out(self.features(batch))  # (B, T, n_tags)
+
+    def lm_loss(self, y: Tensor, batch: dict) -> Tensor:
+        """The language-modelling objective of ``model.lm_weight``: mean cross-entropy of the forward
+        direction's output at t against word t+1 and the backward direction's against word t-1 (a
+        sentence boundary is one more class, id 0; words past ``model.lm_vocab`` are <unk>)."""
+        tokens = batch["tokens"]
+        n_words = self.lm_heads[0][-1].out_features
+        tokens = torch.where(tokens < n_words, tokens, torch.ones_like(tokens))  # 1 = <unk>; padding stays 0
+        lengths = batch["lengths"].to(tokens.device)
+        real = torch.arange(tokens.size(1), device=tokens.device)[None] < lengths[:, None]  # (B, T)
+        pad = tokens.new_zeros(tokens.size(0), 1)
+        targets = [torch.cat([tokens[:, 1:], pad], 1),  # the next word; after the last one: the boundary, 0
+                   torch.cat([pad, tokens[:, :-1]], 1)]  # the previous word; before the first: 0
+        h = self.hparams.hidden_size
+        losses = [F.cross_entropy(head(y[..., d * h:(d + 1) * h])[real], target[real])
+                  for d, (head, target) in enumerate(zip(self.lm_heads, targets))]
+        return sum(losses) / len(losses)
 
     def decode(self, logits: Tensor, lengths: Tensor) -> list[list[int]]:
         """(B, T, K) scores -> label ids (the data's tags) per sentence."""
@@ -177,8 +213,9 @@ class TaggingTask(SequenceTask):
         nxt_is_i = torch.where(nxt >= 0, inside[nxt.clamp(min=0)], False).long()
         return torch.where(tags >= 0, self.to_bioes[tags.clamp(min=0), nxt_is_i], -100)
 
-    def _loss(self, batch: dict) -> tuple[Tensor, Tensor]:
-        logits = self(batch)
+    def _loss(self, batch: dict, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(the tags' loss, the tag scores (B, T, K)); ``y``: the encoder's outputs, if already computed."""
+        logits = self.out(self.features(batch) if y is None else y)
         tags = self.network_tags(batch["tags"])
         if self.crf is not None:  # sentence likelihood, per token so its scale matches cross-entropy
             return self.crf.nll(logits, tags, batch["lengths"]) / batch["lengths"].sum(), logits
@@ -186,7 +223,12 @@ class TaggingTask(SequenceTask):
         return loss, logits
 
     def training_step(self, batch, _):
-        loss, _ = self._loss(batch)
+        y = self.features(batch)
+        loss, _ = self._loss(batch, y)
+        if self.lm_heads is not None:  # training only: val_loss and test_loss are the tags' own
+            lm = self.lm_loss(y, batch)
+            self.log("train_lm_loss", lm, on_step=False, on_epoch=True, batch_size=len(batch["lengths"]))
+            loss = loss + self.hparams.lm_weight * lm
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 
