@@ -131,7 +131,7 @@ class TaggingTask(SequenceTask):
     @classmethod
     def problems(cls, hp: dict) -> list[str]:
         out = super().problems(hp)
-        hp = defaults(TaggingTask.__init__) | hp
+        hp = defaults(SequenceTask.__init__) | defaults(TaggingTask.__init__) | hp
         if hp["decode"] not in DECODERS:
             out.append(f"model.decode={hp['decode']!r} must be one of: viterbi (BIO-valid tag sequences), "
                        "greedy (argmax per token), crf (a learned linear-chain CRF)")
