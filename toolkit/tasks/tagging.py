@@ -213,9 +213,9 @@ class TaggingTask(SequenceTask):
         nxt_is_i = torch.where(nxt >= 0, inside[nxt.clamp(min=0)], False).long()
         return torch.where(tags >= 0, self.to_bioes[tags.clamp(min=0), nxt_is_i], -100)
 
-    def _loss(self, batch: dict, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(the tags' loss, the tag scores (B, T, K)); ``y``: the encoder's outputs, if already computed."""
-        logits = self.out(self.features(batch) if y is None else y)
+    def _loss(self, batch: dict, logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(the tags' loss, the tag scores (B, T, K)); ``logits``: the scores, if already computed."""
+        logits = self(batch) if logits is None else logits
         tags = self.network_tags(batch["tags"])
         if self.crf is not None:  # sentence likelihood, per token so its scale matches cross-entropy
             return self.crf.nll(logits, tags, batch["lengths"]) / batch["lengths"].sum(), logits
@@ -223,9 +223,11 @@ class TaggingTask(SequenceTask):
         return loss, logits
 
     def training_step(self, batch, _):
-        y = self.features(batch)
-        loss, _ = self._loss(batch, y)
-        if self.lm_heads is not None:  # training only: val_loss and test_loss are the tags' own
+        if self.lm_heads is None:
+            loss, _ = self._loss(batch)
+        else:  # training only: val_loss and test_loss are the tags' own
+            y = self.features(batch)
+            loss, _ = self._loss(batch, self.out(y))
             lm = self.lm_loss(y, batch)
             self.log("train_lm_loss", lm, on_step=False, on_epoch=True, batch_size=len(batch["lengths"]))
             loss = loss + self.hparams.lm_weight * lm
