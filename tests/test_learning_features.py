@@ -245,8 +245,8 @@ def test_the_language_modelling_objective_predicts_the_next_word_forward_and_the
     torch.testing.assert_close(total, tags_only + 0.5 * model.lm_loss(y, batch))
     # evaluation reports the tags' own loss; the exported / predicting forward is the tagger's alone
     assert model(batch).shape == (2, 4, len(model.tags))
-    assert tagging_task(direction="uni", depth=2, lm_weight=0.1).lm_heads is not None and len(
-        tagging_task(direction="uni", depth=2, lm_weight=0.1).lm_heads) == 1
+    deep_uni = tagging_task(direction="uni", depth=2, lm_weight=0.1)  # no backward states to leak the next word
+    assert deep_uni.lm_heads is not None and len(deep_uni.lm_heads) == 1
     assert tagging_task().lm_heads is None
     with pytest.raises(ConfigError, match=r"^model\.lm_weight=0\.1 needs depth=1 with direction=bi: above the "
                                           r"first layer, the forward states have already read the words"):
