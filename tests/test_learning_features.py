@@ -80,8 +80,9 @@ def test_word_dropout_turns_known_tokens_into_unk_in_training_only(compose):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["model.decode=crf"], ["model.decode=crf", "model.tag_scheme=bioes"],
                                    ["model.char_encoder=lstm", "model.word_dropout=0.1"],
-                                   ["model.decode=crf", "model.lm_weight=0.1"]],
-                         ids=["crf", "crf-bioes", "char-lstm", "crf-lm-objective"])
+                                   ["model.decode=crf", "model.lm_weight=0.1"],
+                                   ["model.decode=crf", "model.adversarial=1"]],
+                         ids=["crf", "crf-bioes", "char-lstm", "crf-lm-objective", "crf-adversarial"])
 def test_a_tagger_with_each_switch_trains_tests_and_predicts(rtk, tmp_path, extra):
     run = tmp_path / "run"
     r = rtk("train", *TINY, "trainer.limit_train_batches=10", *extra, f"hydra.run.dir={run}")
@@ -251,3 +252,66 @@ def test_the_language_modelling_objective_predicts_the_next_word_forward_and_the
     with pytest.raises(ConfigError, match=r"^model\.lm_weight=0\.1 needs depth=1 with direction=bi: above the "
                                           r"first layer, the forward states have already read the words"):
         tagging_task(direction="bi", depth=2, lm_weight=0.1)
+
+
+class _Fixed(torch.nn.Module):
+    """Stands in for an embedding table: returns the same (B, T, E) tensor for any ids."""
+
+    def __init__(self, e):
+        super().__init__()
+        self.e = e
+
+    def forward(self, tokens):
+        return self.e
+
+
+@pytest.mark.parametrize("head", ["classification", "tagging"])
+def test_adversarial_training_adds_the_loss_at_embeddings_moved_eps_up_the_gradient_of_each_sequence(head):
+    import torch.nn.functional as F
+
+    from test_api import classification_task, tagging_task
+    from toolkit.errors import ConfigError
+
+    torch.manual_seed(0)
+    make = classification_task if head == "classification" else tagging_task
+    model = make(direction="bi", dropout=0.0, adversarial=0.7).train()
+    model.log = lambda *a, **k: None
+    tokens = torch.tensor([[2, 7, 3, 9], [4, 2, 0, 0]])
+    batch = {"tokens": tokens, "lengths": torch.tensor([4, 2])}
+    if head == "classification":
+        batch["labels"] = torch.tensor([1, 0])
+        loss_at = lambda: F.cross_entropy(model(batch), batch["labels"])  # noqa: E731
+    else:
+        batch |= {"shapes": torch.ones(2, 4, dtype=torch.long), "chars": torch.ones(2, 4, 3, dtype=torch.long),
+                  "tags": torch.tensor([[0, 1, 0, 0], [0, 0, -100, -100]])}
+        loss_at = lambda: model._loss(batch)[0]  # noqa: E731
+    table = model.embed
+    # by hand: L at the embeddings, its gradient g, r = eps * g / ||g|| per sentence, then L at e + r
+    e = table(tokens).detach().requires_grad_()
+    model.embed = _Fixed(e)
+    clean = loss_at()
+    (g,) = torch.autograd.grad(clean, e)
+    r = 0.7 * g / g.flatten(1).norm(dim=1)[:, None, None]
+    torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.tensor([0.7, 0.7]))
+    assert r[1, 2:].abs().sum() == 0  # padded steps get no share of the perturbation
+    model.embed = _Fixed(e.detach() + r)
+    moved = loss_at()
+    assert moved > clean  # a step up the gradient raises the loss
+    model.embed = table
+    torch.testing.assert_close(model.training_step(batch, 0), clean + moved)
+    # model.adversarial=0: one pass, the plain loss
+    model.hparams.adversarial = 0.0
+    torch.testing.assert_close(model.training_step(batch, 0), loss_at())
+    with pytest.raises(ConfigError, match=r"^model\.adversarial=-1 must be a number in \[0, 100\)$"):
+        make(adversarial=-1)
+
+
+@pytest.mark.slow
+def test_a_classifier_with_adversarial_training_trains_tests_and_predicts(rtk, tmp_path):
+    run = tmp_path / "run"
+    r = rtk("train", "task=sentiment", *TINY, "depth=1", "model.adversarial=2", f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.explain()
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert test and all(v == v for v in test.values())  # every test metric a number, none NaN
+    p = rtk("predict", f"ckpt={run}/checkpoints/best.ckpt", "text=a gorgeous film")
+    assert p.returncode == 0 and p.stdout.strip(), p.explain()

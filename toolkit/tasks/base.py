@@ -5,6 +5,7 @@ Reading and writing checkpoints: ``toolkit.checkpoints``."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -85,6 +86,8 @@ class SequenceTask(pl.LightningModule):
         # Kept in the checkpoint, not sent to loggers (the vocabulary alone is thousands
         # of entries); the train app logs the resolved Hydra config instead.
         self.save_hyperparameters(logger=False)
+        # what embed_tokens passes its output through (adversarial_loss sets it for one call at a time)
+        self._embedding_hook: Callable[[Tensor], Tensor] | None = None
         self.hparams["head"] = self.head  # tells load_task which class to rebuild
         # names the plugin to install where a checkpoint meets a machine without its cell
         self.hparams["cell_plugin"] = _cell_plugin(cell["name"])
@@ -159,8 +162,40 @@ class SequenceTask(pl.LightningModule):
             # whole word types dropped for this batch (every occurrence alike), AWD-LSTM's dropoute
             w = self.embed.weight
             keep = w.new_empty(w.size(0), 1).bernoulli_(1 - p) / (1 - p)
-            return F.embedding(tokens, w * keep, padding_idx=0)
-        return self.embed(tokens)
+            e = F.embedding(tokens, w * keep, padding_idx=0)
+        else:
+            e = self.embed(tokens)
+        return e if self._embedding_hook is None else self._embedding_hook(e)
+
+    def adversarial_loss(self, loss_of: Callable[[], Tensor], eps: float) -> Tensor:
+        """Adversarial training on the word embeddings (Goodfellow et al. 2015; Miyato et al. 2017).
+
+        ``loss_of()`` computes the training loss L once; with ``eps`` > 0 it runs twice: first as
+        it is, then with each sequence's (T, E) embeddings moved by r = eps * g / ||g||, g the
+        gradient of L with respect to them (the direction that raises the loss fastest, one L2
+        norm over the whole sequence; padded steps get no gradient, so no share of r). Returns
+        L + L(embeddings + r); r is a constant, so only the second pass's own graph trains
+        against it. ``eps`` = 0 returns L, one pass."""
+        if not eps:
+            return loss_of()
+        seen: list[Tensor] = []
+        self._embedding_hook = lambda e: seen.append(e) or e
+        try:
+            loss = loss_of()
+        finally:
+            self._embedding_hook = None
+        if len(seen) != 1:
+            raise RuntimeError(f"adversarial training needs one embedding lookup per loss, got {len(seen)}")
+        (g,) = torch.autograd.grad(loss, seen[0], retain_graph=True)  # (B, T, E)
+        norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
+        r = (eps * g / norm.view(-1, *[1] * (g.dim() - 1))).detach()
+        self._embedding_hook = lambda e: e + r
+        try:
+            adversarial = loss_of()
+        finally:
+            self._embedding_hook = None
+        self.log("train_adversarial_loss", adversarial, on_step=False, on_epoch=True, batch_size=g.size(0))
+        return loss + adversarial
 
     def step_inputs(self, batch: dict) -> Tensor:
         """(B, T, input_size()): what the first recurrent layer reads at each step (here the

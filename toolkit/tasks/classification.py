@@ -44,8 +44,8 @@ class ClassificationTask(SequenceTask):
 
     head = "classification"
 
-    def __init__(self, *args, pooling: str = "last", label_smoothing: float = 0.0, **kw):
-        super().__init__(*args, pooling=pooling, label_smoothing=label_smoothing, **kw)
+    def __init__(self, *args, pooling: str = "last", label_smoothing: float = 0.0, adversarial: float = 0.0, **kw):
+        super().__init__(*args, pooling=pooling, label_smoothing=label_smoothing, adversarial=adversarial, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
         self.attention_pool = AttentionPool(self.rnn.output_size) if pooling == "attention" else None
         n = len(self.labels)
@@ -62,6 +62,8 @@ class ClassificationTask(SequenceTask):
         if hp["pooling"] not in POOLING:
             out.append(f"model.pooling={hp['pooling']!r} is not one of: {', '.join(POOLING)}")
         if problem := number_problem("model.label_smoothing", hp["label_smoothing"]):
+            out.append(problem)
+        if problem := number_problem("model.adversarial", hp["adversarial"], high=100.0):
             out.append(problem)
         return out
 
@@ -101,8 +103,11 @@ class ClassificationTask(SequenceTask):
         return self.out(self.pool(y, batch["lengths"]))  # (B, n_labels)
 
     def training_step(self, batch, _):
-        # label smoothing (Szegedy et al. 2016) shapes the training loss only; val_loss is the plain one
-        loss = F.cross_entropy(self(batch), batch["labels"], label_smoothing=self.hparams.label_smoothing)
+        # label smoothing (Szegedy et al. 2016) and model.adversarial shape the training loss only;
+        # val_loss is the plain one
+        loss = self.adversarial_loss(
+            lambda: F.cross_entropy(self(batch), batch["labels"], label_smoothing=self.hparams.label_smoothing),
+            self.hparams.adversarial)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 

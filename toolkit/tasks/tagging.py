@@ -95,11 +95,13 @@ class TaggingTask(SequenceTask):
 
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
                  char_kernel: int = 3, char_encoder: str = "cnn", decode: str = "viterbi",
-                 tag_scheme: str = "bio", lm_weight: float = 0.0, lm_vocab: int = 7500, **kw):
+                 tag_scheme: str = "bio", lm_weight: float = 0.0, lm_vocab: int = 7500,
+                 adversarial: float = 0.0, **kw):
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
                          char_kernel=char_kernel, char_encoder=char_encoder, decode=decode,
-                         tag_scheme=tag_scheme, lm_weight=lm_weight, lm_vocab=lm_vocab, **kw)
+                         tag_scheme=tag_scheme, lm_weight=lm_weight, lm_vocab=lm_vocab,
+                         adversarial=adversarial, **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
         n_chars = len(self.hparams.spec["chars"])
         self.char_cnn = None  # the character encoder, CNN or BiLSTM (the name keeps checkpoints' keys)
@@ -157,6 +159,8 @@ class TaggingTask(SequenceTask):
             out.append(f"model.lm_weight={hp['lm_weight']} needs depth=1 with direction=bi: above the first "
                        "layer, the forward states have already read the words they would predict")
         if problem := whole_number_problem("model.lm_vocab", hp["lm_vocab"], least=2):
+            out.append(problem)
+        if problem := number_problem("model.adversarial", hp["adversarial"], high=100.0):
             out.append(problem)
         return out
 
@@ -222,15 +226,18 @@ class TaggingTask(SequenceTask):
         loss = F.cross_entropy(logits.flatten(0, 1), tags.flatten(), ignore_index=-100)
         return loss, logits
 
-    def training_step(self, batch, _):
+    def _train_loss(self, batch: dict) -> Tensor:
         if self.lm_heads is None:
-            loss, _ = self._loss(batch)
-        else:  # training only: val_loss and test_loss are the tags' own
-            y = self.features(batch)
-            loss, _ = self._loss(batch, self.out(y))
-            lm = self.lm_loss(y, batch)
-            self.log("train_lm_loss", lm, on_step=False, on_epoch=True, batch_size=len(batch["lengths"]))
-            loss = loss + self.hparams.lm_weight * lm
+            return self._loss(batch)[0]
+        # training only: val_loss and test_loss are the tags' own
+        y = self.features(batch)
+        loss, _ = self._loss(batch, self.out(y))
+        lm = self.lm_loss(y, batch)
+        self.log("train_lm_loss", lm, on_step=False, on_epoch=True, batch_size=len(batch["lengths"]))
+        return loss + self.hparams.lm_weight * lm
+
+    def training_step(self, batch, _):
+        loss = self.adversarial_loss(lambda: self._train_loss(batch), self.hparams.adversarial)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 
