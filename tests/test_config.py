@@ -32,11 +32,14 @@ def test_default_config_is_ner_with_a_bidirectional_lstm(compose):
     validate(cfg)
 
 
-def test_sentiment_default_is_a_two_layer_bilstm_with_the_vader_lexicon(compose):
-    # chosen on validation accuracy over seeds 1-3 (docs/results.md#sentiment-a-second-layer-now-the-default)
+def test_sentiment_default_is_a_two_layer_bilstm_with_the_vader_lexicon_and_adversarial_training(compose):
+    # chosen on validation accuracy over seeds 1-3 (docs/results.md#sentiment-a-second-layer-now-the-default,
+    # docs/results.md#adversarial-training-modeladversarial)
     cfg = compose(["task=sentiment"])
     assert (cfg.depth, cfg.direction, cfg.model.rnn_dropout) == (2, "bi", 0.3)
     assert cfg.data.lexicon == "vader" and cfg.model.pooling == "max"
+    assert cfg.model.adversarial == 5.0
+    assert compose(["task=classification"]).model.adversarial == 0.0  # a user's own data starts without it
     validate(cfg)
 
 

@@ -287,18 +287,28 @@ def test_adversarial_training_adds_the_loss_at_embeddings_moved_eps_up_the_gradi
         loss_at = lambda: model._loss(batch)[0]  # noqa: E731
     table = model.embed
     # by hand: L at the embeddings, its gradient g, r = eps * g / ||g|| per sentence, then L at e + r
-    e = table(tokens).detach().requires_grad_()
+    e = table(tokens)
     model.embed = _Fixed(e)
     clean = loss_at()
-    (g,) = torch.autograd.grad(clean, e)
+    (g,) = torch.autograd.grad(clean, e, retain_graph=True)
     r = 0.7 * g / g.flatten(1).norm(dim=1)[:, None, None]
     torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.tensor([0.7, 0.7]))
     assert r[1, 2:].abs().sum() == 0  # padded steps get no share of the perturbation
-    model.embed = _Fixed(e.detach() + r)
+    model.embed = _Fixed(e + r)
     moved = loss_at()
     assert moved > clean  # a step up the gradient raises the loss
+    (clean + moved).backward()
     model.embed = table
-    torch.testing.assert_close(model.training_step(batch, 0), clean + moved)
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert "embed.weight" in expected and len(expected) > 3
+    model.zero_grad()
+    total = model.training_step(batch, 0)
+    torch.testing.assert_close(total, (clean + moved).detach())
+    total.backward()  # the value and the gradient of every parameter are those of L(e) + L(e + r)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
     # model.adversarial=0: one pass, the plain loss
     model.hparams.adversarial = 0.0
     torch.testing.assert_close(model.training_step(batch, 0), loss_at())

@@ -174,8 +174,13 @@ class SequenceTask(pl.LightningModule):
         it is, then with each sequence's (T, E) embeddings moved by r = eps * g / ||g||, g the
         gradient of L with respect to them (the direction that raises the loss fastest, one L2
         norm over the whole sequence; padded steps get no gradient, so no share of r). Returns
-        L + L(embeddings + r); r is a constant, so only the second pass's own graph trains
-        against it. ``eps`` = 0 returns L, one pass."""
+        L + L(embeddings + r) with r held constant: its value, and its gradient with respect to
+        every parameter. ``eps`` = 0 returns L, one pass.
+
+        The backward pass that gives g gives L's parameter gradients too, so they are kept rather
+        than computed a second time: the returned tensor carries them as a term of value zero,
+        sum_p (p * dL/dp) minus its own detached value, which the step's one backward (and DDP's
+        gradient reduction with it) turns back into exactly dL/dp."""
         if not eps:
             return loss_of()
         seen: list[Tensor] = []
@@ -186,7 +191,8 @@ class SequenceTask(pl.LightningModule):
             self._embedding_hook = None
         if len(seen) != 1:
             raise RuntimeError(f"adversarial training needs one embedding lookup per loss, got {len(seen)}")
-        (g,) = torch.autograd.grad(loss, seen[0], retain_graph=True)  # (B, T, E)
+        params = [p for p in self.parameters() if p.requires_grad]
+        g, *grads = torch.autograd.grad(loss, [seen[0], *params], allow_unused=True)  # g: (B, T, E)
         norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
         r = (eps * g / norm.view(-1, *[1] * (g.dim() - 1))).detach()
         self._embedding_hook = lambda e: e + r
@@ -195,7 +201,8 @@ class SequenceTask(pl.LightningModule):
         finally:
             self._embedding_hook = None
         self.log("train_adversarial_loss", adversarial, on_step=False, on_epoch=True, batch_size=g.size(0))
-        return loss + adversarial
+        carry = sum((p * d).sum() for p, d in zip(params, grads) if d is not None)
+        return loss.detach() + adversarial + (carry - carry.detach())
 
     def step_inputs(self, batch: dict) -> Tensor:
         """(B, T, input_size()): what the first recurrent layer reads at each step (here the
