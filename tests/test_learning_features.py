@@ -4,6 +4,7 @@ and each does what it says on the numbers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -325,3 +326,71 @@ def test_a_classifier_with_adversarial_training_trains_tests_and_predicts(rtk, t
     assert test and all(v == v for v in test.values())  # every test metric a number, none NaN
     p = rtk("predict", f"ckpt={run}/checkpoints/best.ckpt", "text=a gorgeous film")
     assert p.returncode == 0 and p.stdout.strip(), p.explain()
+
+
+def _adversarial_ddp_rank(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks: DDP's gradient for L(e) + L(e + r) against the hand-averaged one."""
+    import copy
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from test_api import classification_task
+
+    # a rank that fails makes the other's collectives time out instead of waiting forever
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}",
+                            timeout=timedelta(seconds=60))
+    try:
+        torch.manual_seed(0)
+        model = classification_task(direction="bi", dropout=0.0, adversarial=2.0).train()
+        model.log = lambda *a, **k: None
+        alone = copy.deepcopy(model)
+        g = torch.Generator().manual_seed(rank + 10)  # each rank its own batch
+        batch = {"tokens": torch.randint(2, 12, (4, 6), generator=g), "lengths": torch.tensor([6, 5, 3, 2]),
+                 "labels": torch.randint(0, 2, (4,), generator=g)}
+        # by hand, on this rank's batch alone: L(e) + L(e + r), r = 2 g / ||g|| per sentence
+        table = alone.embed
+        e = table(batch["tokens"])
+        alone.embed = _Fixed(e)
+        clean = F.cross_entropy(alone(batch), batch["labels"])
+        (grad_e,) = torch.autograd.grad(clean, e, retain_graph=True)
+        alone.embed = _Fixed(e + (2.0 * grad_e / grad_e.flatten(1).norm(dim=1)[:, None, None]).detach())
+        (clean + F.cross_entropy(alone(batch), batch["labels"])).backward()
+        alone.embed = table
+        want = {n: p.grad.clone() for n, p in alone.named_parameters() if p.grad is not None}
+        for grad in want.values():  # what DDP must give: the ranks' gradients averaged
+            dist.all_reduce(grad)
+            grad /= 2
+
+        class Step(torch.nn.Module):  # as Lightning's DDP wrapper, forward runs training_step
+            def __init__(self, task):
+                super().__init__()
+                self.task = task
+
+            def forward(self, b):
+                return self.task.training_step(b, 0)
+
+        ddp = torch.nn.parallel.DistributedDataParallel(Step(model))
+        ddp(batch).backward()
+        got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert got.keys() == want.keys()
+        worst = max((got[n] - want[n]).abs().max().item() for n in want)
+        (Path(out) / f"rank{rank}").write_text(repr(worst))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes
+def test_adversarial_training_under_ddp_averages_both_terms_gradients_over_the_ranks(tmp_path):
+    """adversarial_loss carries the clean loss's gradients inside the returned tensor; DDP must reduce them too."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_adversarial_ddp_rank, args=(port, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert float((tmp_path / f"rank{rank}").read_text()) < 1e-6
