@@ -247,6 +247,17 @@ def test_the_language_modelling_objective_predicts_the_next_word_forward_and_the
     torch.testing.assert_close(total, tags_only + 0.5 * model.lm_loss(y, batch))
     # evaluation reports the tags' own loss; the exported / predicting forward is the tagger's alone
     assert model(batch).shape == (2, 4, len(model.tags))
+    # with adversarial training too, train_lm_loss is the clean sentences' loss, logged once a step
+    model.hparams.adversarial = 1.0
+    logged = []
+    model.log = lambda name, value, **k: logged.append((name, value.detach().clone()))
+    torch.manual_seed(2)
+    model.training_step(batch, 0)
+    torch.manual_seed(2)
+    clean = model.lm_loss(model.features(batch), batch)
+    lm_logs = [v for name, v in logged if name == "train_lm_loss"]
+    assert len(lm_logs) == 1
+    torch.testing.assert_close(lm_logs[0], clean.detach())
     deep_uni = tagging_task(direction="uni", depth=2, lm_weight=0.1)  # no backward states to leak the next word
     assert deep_uni.lm_heads is not None and len(deep_uni.lm_heads) == 1
     assert tagging_task().lm_heads is None

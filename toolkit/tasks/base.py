@@ -88,6 +88,7 @@ class SequenceTask(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         # what embed_tokens passes its output through (adversarial_loss sets it for one call at a time)
         self._embedding_hook: Callable[[Tensor], Tensor] | None = None
+        self._adversarial_pass = False  # True while adversarial_loss computes its second term
         self.hparams["head"] = self.head  # tells load_task which class to rebuild
         # names the plugin to install where a checkpoint meets a machine without its cell
         self.hparams["cell_plugin"] = _cell_plugin(cell["name"])
@@ -196,10 +197,12 @@ class SequenceTask(pl.LightningModule):
         norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
         r = (eps * g / norm.view(-1, *[1] * (g.dim() - 1))).detach()
         self._embedding_hook = lambda e: e + r
+        self._adversarial_pass = True
         try:
             adversarial = loss_of()
         finally:
             self._embedding_hook = None
+            self._adversarial_pass = False
         self.log("train_adversarial_loss", adversarial, on_step=False, on_epoch=True, batch_size=g.size(0))
         carry = sum((p * d).sum() for p, d in zip(params, grads) if d is not None)
         return loss.detach() + adversarial + (carry - carry.detach())

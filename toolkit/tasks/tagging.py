@@ -237,7 +237,8 @@ class TaggingTask(SequenceTask):
         y = self.features(batch)
         loss, _ = self._loss(batch, self.out(y))
         lm = self.lm_loss(y, batch)
-        self.log("train_lm_loss", lm, on_step=False, on_epoch=True, batch_size=len(batch["lengths"]))
+        if not self._adversarial_pass:  # the clean sentence's language-modelling loss only
+            self.log("train_lm_loss", lm, on_step=False, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss + self.hparams.lm_weight * lm
 
     def training_step(self, batch, _):
