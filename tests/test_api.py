@@ -22,9 +22,11 @@ CHARS = ["<pad>", "<unk>", *"abcdefghijklmnopqrstuvwxyz.CKB"]
 SMALL = {"hidden_size": 6, "embedding_dim": 5, "dropout": 0.5}  # dropout on: eval mode must switch it off
 
 
-def tagging_task(cell="lstm", depth=1, direction="uni", cell_hp=None, **kw) -> TaggingTask:
+def tagging_task(cell="lstm", depth=1, direction="uni", cell_hp=None, gazetteer=None, **kw) -> TaggingTask:
     spec = {"kind": "tagging", "tokenizer": "tweet", "normalize": "twitter", "vocab": WORDS, "labels": TAGS,
             "chars": CHARS}
+    if gazetteer is not None:  # data.gazetteer's phrases, as the data module stores them
+        spec["gazetteer"] = gazetteer
     return TaggingTask(spec=spec, cell={"name": cell, **(cell_hp or {})}, depth=depth, direction=direction, shape_dim=3,
                        char_filters=4, char_dim=3, **{**SMALL, **kw})
 

@@ -121,13 +121,16 @@ def docs_block(page: str, after: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lexicon", [None, {"boring": -1.0, "gripping": 0.6, "beautifully": 0.5}],
-                         ids=["ids", "ids+lexicon"])
-def test_the_docs_serving_example_runs_on_onnxruntime_alone(tmp_path, lexicon):
+@pytest.mark.parametrize("lexicon, gazetteer", [
+    (None, None),
+    ({"boring": -1.0, "gripping": 0.6, "beautifully": 0.5},
+     {"types": ["city", "name"], "phrases": {"berlin": [0], "carol king": [1], "carol": [1]}, "longest": 2})],
+    ids=["ids", "ids+lexicon+gazetteer"])
+def test_the_docs_serving_example_runs_on_onnxruntime_alone(tmp_path, lexicon, gazetteer):
     # docs/export.md's example, run where importing torch or the toolkit fails, gives what
     # the toolkit predicts (a greedy tagger and a classifier, as the page's models are; the
-    # sentiment default reads VADER's lexicon, so the classifier also with a lexicon input)
-    tagger = wrap(tagging_task(cell="gru", decode="greedy"))
+    # sentiment default reads VADER's lexicon and the ner default gazetteers, so also with those inputs)
+    tagger = wrap(tagging_task(cell="gru", decode="greedy", gazetteer=gazetteer))
     classifier = wrap(classification_task(cell="rnn", depth=2, lexicon=lexicon))
     export(tagger, tmp_path / "ner.onnx")
     export(classifier, tmp_path / "sentiment.onnx")
