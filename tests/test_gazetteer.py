@@ -141,6 +141,7 @@ def test_a_tagger_trains_with_a_gazetteer_file_and_predicts_and_exports_from_its
     ("[]", "data.gazetteer=[] must be a list of gazetteers' names (geonames, census_names) or paths of "
            "phrase<TAB>type files, or null"),
     ("3", "data.gazetteer=3 must be a list of gazetteers' names"),
+    ("{{geonames:1}}", "the override data.gazetteer={geonames:1} cannot be merged into the config"),
 ])
 def test_a_bad_gazetteer_is_refused_in_one_sentence_before_the_run_starts(rtk, tmp_path, value, sentence):
     bad = rtk("train", *TINY, f"data.gazetteer={value.format(tmp=tmp_path)}", f"hydra.run.dir={tmp_path / 'bad'}")

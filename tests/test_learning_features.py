@@ -396,12 +396,19 @@ def _adversarial_ddp_rank(rank: int, port: int, out: str) -> None:
 def test_adversarial_training_under_ddp_averages_both_terms_gradients_over_the_ranks(tmp_path):
     """adversarial_loss carries the clean loss's gradients inside the returned tensor; DDP must reduce them too."""
     import socket
+    import time
 
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_adversarial_ddp_rank, args=(port, str(tmp_path)), nprocs=2)
+    ranks = mp.spawn(_adversarial_ddp_rank, args=(port, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not ranks.join(timeout=5):  # raises if a rank failed
+        if time.monotonic() > deadline:  # a stuck rank fails the test instead of holding the suite
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the two DDP ranks did not finish within 240 s")
     for rank in (0, 1):
         assert float((tmp_path / f"rank{rank}").read_text()) < 1e-6

@@ -197,8 +197,8 @@ def example_inputs(net: ExportNet, batch: int = 2, length: int = 5, seed: int = 
             "chars": lambda: torch.randint(1, len(task.chars.itos), (batch, length, width),
                                            generator=g).masked_fill(pad[..., None], 0),
             "lexicon": lambda: (torch.rand((batch, length), generator=g) * 2 - 1).masked_fill(pad, 0),
-            "gazetteer": lambda: (torch.rand((batch, length, 2 * len(task.hparams.spec["gazetteer"]["types"])), generator=g)
-                                  < 0.3).float().masked_fill(pad[..., None], 0)}
+            "gazetteer": lambda: (torch.rand((batch, length, 2 * len(task.hparams.spec["gazetteer"]["types"])),
+                                             generator=g) < 0.3).float().masked_fill(pad[..., None], 0)}
     out = [make[name]() for name in net.input_names]
     rnn = task.rnn
     shape = (rnn.num_layers * rnn.num_directions, batch, rnn.hidden_size)

@@ -158,7 +158,7 @@ def load_geonames_gazetteer() -> list[tuple[str, str]]:
     return out
 
 
-CENSUS_LAST_NAMES = 5000  # the most common surnames; the file's long tail is mostly one family's name
+CENSUS_LAST_NAMES = 5000  # the most common of the file's 88,799 surnames (it lists them by frequency)
 
 
 def load_census_gazetteer() -> list[tuple[str, str]]:

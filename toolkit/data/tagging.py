@@ -5,6 +5,8 @@ User files are CoNLL-style columns (:func:`toolkit.data.readers.read_conll`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from toolkit.data import readers
@@ -85,7 +87,7 @@ class TaggingDataModule(SplitDataModule):
         if self.source is None:
             self.reader_options = {"token_col": token_col, "tag_col": tag_col, "sep": sep, "scheme": scheme}
         names = [gazetteer] if isinstance(gazetteer, str) else gazetteer
-        if names is not None and (isinstance(names, (bytes, dict)) or not hasattr(names, "__iter__")
+        if names is not None and (isinstance(names, (bytes, Mapping)) or not hasattr(names, "__iter__")
                                   or not (names := list(names))
                                   or not all(isinstance(n, str) and n for n in names)):
             raise ConfigError(f"data.gazetteer={gazetteer!r} must be a list of gazetteers' names "

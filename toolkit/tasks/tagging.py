@@ -175,6 +175,9 @@ class TaggingTask(SequenceTask):
         if self.char_cnn is not None:
             parts.append(self.char_cnn(batch["chars"]))  # (B, T, F)
         if "gazetteer" in self.hparams.spec:
+            if "gazetteer" not in batch:
+                raise ValueError("this tagger was trained with data.gazetteer, so its batches need the flags: "
+                                 "encode_tagging(tokens, vocab, normalize, chars, spec['gazetteer'])")
             parts.append(batch["gazetteer"].to(parts[0]))  # (B, T, 2 x types)
         y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"])  # (B, T, H*D)
         return self.drop(y)
@@ -295,7 +298,8 @@ class TaggingTask(SequenceTask):
     def predict_tokens(self, tokens: list[str]) -> list[str]:
         """Already split tokens -> one tag each."""
         spec = self.hparams.spec
-        batch = collate_tagging([encode_tagging(tokens, self.vocab, spec["normalize"], self.chars, spec.get("gazetteer"))])
+        item = encode_tagging(tokens, self.vocab, spec["normalize"], self.chars, spec.get("gazetteer"))
+        batch = collate_tagging([item])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return [self.labels.names[i] for i in self.decode(self(batch), batch["lengths"])[0]]
 
