@@ -388,7 +388,8 @@ def _adversarial_ddp_rank(rank: int, port: int, out: str) -> None:
         assert got.keys() == want.keys()
         worst = max((got[n] - want[n]).abs().max().item() for n in want)
         (Path(out) / f"rank{rank}").write_text(repr(worst))
-        # a rank that tore down its DDP reducer while the other still used the group hung in gloo now and then
+        # freed only on return, after the group was destroyed and the peer had left, the DDP wrapper
+        # could hang its rank in gloo (a stack dump showed it past the function's last line)
         del ddp
         dist.barrier()
     finally:
