@@ -161,11 +161,11 @@ def predictions(ckpt: str, device: str, sentences: list[list[str]]) -> dict:
     from toolkit.checkpoints import load_task
 
     model = load_task(ckpt, expect="tagging").to(device)
+    spec = model.hparams.spec  # the ner default reads gazetteers: their flags are inputs too
     out = {"tags": [], "logits": []}
     with torch.no_grad():
         for tokens in sentences:
             out["tags"].append(model.predict_tokens(tokens))
-            spec = model.hparams.spec  # the ner default reads gazetteers: their flags are inputs too
             batch = collate_tagging([encode_tagging(tokens, model.vocab, spec["normalize"], model.chars,
                                                     spec.get("gazetteer"))])
             out["logits"].append(model({k: v.to(device) for k, v in batch.items()})[0].cpu().tolist())
