@@ -64,6 +64,11 @@ def run_layer(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
     return layer(x, lengths=lengths)[0]
 
 
+def run_layer_output_only(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+    """What the task heads call: the output only, so a padded batch runs unpacked on the CPU."""
+    return layer(x, lengths=lengths, final_state=False)[0]
+
+
 def step(fn, module: nn.Module, x: Tensor, lengths: Tensor | None, train: bool):
     """One forward (+ backward when ``train``) as a zero-argument callable.
 
@@ -111,17 +116,20 @@ def layer_overhead(s: Shape, repeats: int, warmup: int, device: str = "cpu") -> 
                 torch.manual_seed(0)
                 layer = Recurrent(cell, s.I, s.H, num_layers=layers, bidirectional=bi, backend="auto").to(device)
                 ref = torch_twin(layer).to(device)
-                for lengths in (None, var):
+                # fixed lengths; variable lengths with the final state (packed, as nn.LSTM runs them);
+                # variable lengths, the output only (what the task heads ask for: run padded)
+                for lengths, run in ((None, run_layer), (var, run_layer), (var, run_layer_output_only)):
                     with torch.no_grad():  # the comparison is only meaningful if they agree
-                        a, b = run_layer(layer, x, lengths), run_torch(ref, x, lengths)
+                        a, b = run(layer, x, lengths), run_torch(ref, x, lengths)
                         assert torch.allclose(a, b, atol=1e-5), f"{cell}: Recurrent and nn.{cell.upper()} disagree"
                     for train in (True, False):
                         layer.train(train), ref.train(train)
-                        candidates = {"toolkit": step(run_layer, layer, x, lengths, train),
+                        candidates = {"toolkit": step(run, layer, x, lengths, train),
                                       "torch": step(run_torch, ref, x, lengths, train)}
                         t = compare(candidates, repeats, warmup)
-                        case = (f"{cell} {'bi' if bi else 'uni'} L{layers} "
-                                f"{'fixed' if lengths is None else 'variable'}, {'fwd+bwd' if train else 'inference'}")
+                        which = ("fixed" if lengths is None else
+                                 "variable" if run is run_layer else "variable, output only")
+                        case = f"{cell} {'bi' if bi else 'uni'} L{layers} {which}, {'fwd+bwd' if train else 'inference'}"
                         torch_name = f"nn.{ref.__class__.__name__}"
                         measured = (f"{t['toolkit'] * 1e3:.1f} ms ({layer.backend}) vs {torch_name} "
                                     f"{t['torch'] * 1e3:.1f} ms")

@@ -341,6 +341,36 @@ def test_native_with_lengths_packs_once_for_the_whole_stack(monkeypatch):
     assert calls[0] == (B, T, I) and len(calls) == 3  # the data once, then one dropout mask per layer gap
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", NATIVE)
+def test_native_output_only_runs_padded_and_gives_the_loops_outputs_and_gradients(monkeypatch, cell, num_layers,
+                                                                                 bidirectional):
+    # final_state=False (what the heads ask): no packing, loud padding invisible, dropout masks and
+    # every gradient as the loop's under the same seed, padded steps exactly zero, no final state
+    packs = []
+    monkeypatch.setattr(layers, "pack_padded_sequence", lambda *a, **k: packs.append(1) or pack_padded_sequence(*a, **k))
+    native = _layer(cell, "native", num_layers, bidirectional, dropout=0.5).train()
+    loop = _layer(cell, "loop", num_layers, bidirectional, dropout=0.5).train()
+    loop.load_state_dict(native.state_dict())
+    x, state = _inputs(native)
+    mask = torch.arange(T)[None, :] < LENGTHS[:, None]
+    x = torch.where(mask[..., None], x, 1e3)
+    got = {}
+    for name, layer, final_state in (("native", native, False), ("loop", loop, True)):
+        xx, ss = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in state)
+        torch.manual_seed(7)
+        y, final = layer(xx, lengths=LENGTHS, state=ss, final_state=final_state)
+        w = torch.randn(y.shape, dtype=DT, generator=torch.Generator().manual_seed(1))
+        got[name] = (y, final, torch.autograd.grad((y * w).sum(), [xx, *ss, *layer.parameters()]))
+    (y_n, final_n, grads_n), (y_l, _, grads_l) = got["native"], got["loop"]
+    assert final_n is None and not packs
+    assert not y_n[~mask].any()
+    _assert_same(y_n, y_l)
+    for g_n, g_l in zip(grads_n, grads_l, strict=True):
+        _assert_same(g_n, g_l)
+
+
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
 @pytest.mark.parametrize("cell, hparams", [("peephole_lstm", {}), ("gru", {"reset": "before"})])
 def test_sequence_path_equals_the_loop_in_float32_within_1e5_bi_depth2_dropout_outputs_and_gradients(

@@ -47,7 +47,7 @@ def carried_state(rnn: Recurrent, initial: tuple[Tensor, ...] | None, run=None):
     holder = _Holder()
     original = rnn.forward if run is None else run
 
-    def forward(x, lengths=None, state=None):
+    def forward(x, lengths=None, state=None, final_state=True):  # the final state is always kept here
         y, holder.final = original(x, lengths, initial if state is None else state)
         return y, holder.final
 

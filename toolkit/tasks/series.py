@@ -117,7 +117,7 @@ class SeriesTask(SequenceTask):
         x = self.window_means(x, batch["lengths"])  # (B, T', F)
         if self.project is not None:
             x = self.project(x)  # (B, T', P)
-        y, _ = self.rnn(x, lengths=self.step_lengths(batch))
+        y, _ = self.rnn(x, lengths=self.step_lengths(batch), final_state=False)
         return self.drop(y)
 
     def forward(self, batch: dict) -> Tensor:

@@ -179,7 +179,7 @@ class TaggingTask(SequenceTask):
                 raise ValueError("this tagger was trained with data.gazetteer, so its batches need the flags: "
                                  "encode_tagging(tokens, vocab, normalize, chars, spec['gazetteer'])")
             parts.append(batch["gazetteer"].to(parts[0]))  # (B, T, 2 x types)
-        y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"])  # (B, T, H*D)
+        y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"], final_state=False)  # (B, T, H*D)
         return self.drop(y)
 
     def forward(self, batch: dict) -> Tensor:
