@@ -358,8 +358,6 @@ class Recurrent(nn.Module):
         kernel = self.cells[0].native
         run = getattr(torch._VF, kernel)
         packed = None
-        if lengths is not None and int(lengths.min()) == T:
-            lengths = None  # every sequence fills the batch: nothing to pack, the same numbers
         if lengths is not None:  # pack once for the whole stack; packed data flows between layers
             lengths_cpu = lengths.to("cpu")
             packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
