@@ -331,32 +331,41 @@ class Recurrent(nn.Module):
         if self.num_directions == 1:  # the unpacked call, padding and all
             y, _ = self._forward_native(x, None, state)
             return torch.where(mask, y, 0.0)
-        run = getattr(torch._VF, self.cells[0].native)
-        lstm = self.cells[0].native == "lstm"
-        low = _cpu_autocast_dtype(x) if lstm else None
+        low = _cpu_autocast_dtype(x) if self.cells[0].native == "lstm" else None
         inp = x if low is None else x.to(low)
         for layer in range(self.num_layers):
             outs = []
             for d in range(2):
                 i = layer * 2 + d
-                cell = self.cells[i]
-                weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
-                hx = tuple(s[i:i + 1] for s in state)  # each (1, B, H)
-                if low is not None:  # as in _forward_native: the casts made here, autocast off
-                    weights, hx = [w.to(low) for w in weights], tuple(h.to(low) for h in hx)
-                xi = inp if d == 0 else _flip(inp, rev_index)
-                with torch.autocast("cpu", enabled=False) if low is not None else contextlib.nullcontext():
-                    y = run(xi, hx if lstm else hx[0], weights, True, 1, 0.0, self.training, False, True)[0]
+                y = self._kernel(i, i + 1, inp if d == 0 else _flip(inp, rev_index), state, low, False)[0]
                 outs.append(y if d == 0 else _flip(y, rev_index))
             y = torch.cat(outs, dim=-1)  # (B, T, 2H)
             inp = self._dropout_between_layers(y, layer)
         return torch.where(mask, y, 0.0)
 
+    def _kernel(self, lo: int, hi: int, inp: Tensor, state: State, low: torch.dtype | None, bidirectional: bool,
+                batch_sizes: Tensor | None = None) -> tuple[Tensor, ...]:
+        """One call of the fused kernel over ``self.cells[lo:hi]`` (whole layers of one or both
+        directions, torch's flat weight order), starting from rows lo..hi-1 of ``state``: (y, *final).
+        With ``low`` (CPU autocast) the casts are made here and autocast is off inside (see
+        ``_forward_native``); with ``batch_sizes`` ``inp`` is packed data."""
+        cells = self.cells[lo:hi]
+        weights = [p for c in cells for p in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
+        hx = tuple(s[lo:hi] for s in state)  # each (hi - lo, B, H)
+        if low is not None:
+            weights, hx = [w.to(low) for w in weights], tuple(h.to(low) for h in hx)
+        kernel = cells[0].native
+        run, h0 = getattr(torch._VF, kernel), (hx if kernel == "lstm" else hx[0])
+        num_layers = (hi - lo) // (2 if bidirectional else 1)
+        with torch.autocast("cpu", enabled=False) if low is not None else contextlib.nullcontext():
+            if batch_sizes is None:
+                return run(inp, h0, weights, True, num_layers, 0.0, self.training, bidirectional, True)
+            return run(inp, batch_sizes, h0, weights, True, num_layers, 0.0, self.training, bidirectional)
+
     def _forward_native(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
         B, T, _ = x.shape
         D, L = self.num_directions, self.num_layers
         kernel = self.cells[0].native
-        run = getattr(torch._VF, kernel)
         packed = None
         if lengths is not None:  # pack once for the whole stack; packed data flows between layers
             lengths_cpu = lengths.to("cpu")
@@ -377,18 +386,8 @@ class Recurrent(nn.Module):
             inp, state = inp.to(low), tuple(s.to(low) for s in state)
         finals: list[tuple[Tensor, ...]] = []
         for group in groups:
-            lo, hi = group[0] * D, (group[-1] + 1) * D
-            weights = [p for c in self.cells[lo:hi] for p in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
-            if low is not None:
-                weights = [w.to(low) for w in weights]
-            hx = tuple(s[lo:hi] for s in state)  # each (len(group) * D, B, H)
-            h0 = hx if kernel == "lstm" else hx[0]
-            with torch.autocast("cpu", enabled=False) if low is not None else contextlib.nullcontext():
-                if packed is None:
-                    out = run(inp, h0, weights, True, len(group), 0.0, self.training, self.bidirectional, True)
-                else:
-                    out = run(inp, packed.batch_sizes, h0, weights, True, len(group), 0.0,
-                              self.training, self.bidirectional)
+            out = self._kernel(group[0] * D, (group[-1] + 1) * D, inp, state, low, self.bidirectional,
+                               None if packed is None else packed.batch_sizes)
             y = out[0]
             finals.append(tuple(out[1:]))
             if packed is not None and own_dropout and group[-1] < L - 1:
