@@ -4,13 +4,16 @@ files) flagged where they start and continue, read beside each token by the tagg
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 
 import pytest
 import torch
 
 from conftest import TINY
-from toolkit.data.sources import read_gazetteer
+from toolkit.data import sources
+from toolkit.data.sources import read_gazetteer, word_stats_bands
 from toolkit.data.tagging import collate_tagging, encode_tagging, gazetteer_features
 from toolkit.data.text import Vocab
 from toolkit.errors import DataError
@@ -43,7 +46,7 @@ def test_a_bad_gazetteer_file_is_one_sentence_naming_the_line(tmp_path, text, se
 
 
 def test_a_missing_gazetteer_names_the_key_and_the_named_gazetteers(tmp_path):
-    with pytest.raises(DataError, match=r"data.gazetteer: .*nope.tsv: no such file .*one of: geonames, census_names\)"):
+    with pytest.raises(DataError, match=r"data.gazetteer: .*nope.tsv: no such file .*one of: geonames, census_names, word_stats\)"):
         read_gazetteer(["geonames", str(tmp_path / "nope.tsv")])
 
 
@@ -60,6 +63,42 @@ def test_the_named_gazetteers_read_places_from_geonames_and_names_from_the_censu
     assert 20000 < counts["city"] < 40000 and 240 < counts["country"] < 270 and counts["state"] == 51
     assert 4000 < counts["first_name"] < 5200 and counts["last_name"] == 5000
     assert "" not in phrases and g["longest"] == max(len(p.split(" ")) for p in phrases)
+
+
+def test_word_stats_bands_each_word_by_its_share_of_capitalised_forms_and_its_frequency():
+    logprob = {"London": math.log(8e-6), "london": math.log(2e-6),      # 0.8 capitalised, Zipf 4.0
+               "the": math.log(0.05), "The": math.log(0.01),           # 0.17, Zipf 7.8
+               "Obama": math.log(9.5e-6), "OBAMA": math.log(0.5e-6),   # 1.0 (the first letter counts)
+               "zyx": math.log(1e-9), "new york": math.log(1e-5)}      # 0, Zipf 0; white space: left out
+    assert sorted(word_stats_bands(logprob)) == [
+        ("london", "cap50"), ("london", "zipf4"), ("obama", "cap90"), ("obama", "zipf4"),
+        ("the", "cap10"), ("the", "zipf6"), ("zyx", "cap0"), ("zyx", "zipf_low")]
+
+
+def test_the_word_stats_gazetteer_reads_a_gzipped_table_and_refuses_another_in_one_sentence(tmp_path, monkeypatch):
+    table = tmp_path / "prob.json.gz"
+    monkeypatch.setattr(sources, "_lexeme_prob_path", lambda: table)
+    with gzip.open(table, "wt") as f:
+        json.dump({"Paris": -11.0, "paris": -14.0, "and": -4.0}, f)
+    g = read_gazetteer(["word_stats"])
+    kind = {t: i for i, t in enumerate(g["types"])}
+    assert g["types"] == ["cap0", "cap90", "zipf4", "zipf6"]  # 0.95 capitalised, Zipf 4.3; 0, Zipf 7.3
+    assert g["phrases"] == {"paris": [kind["cap90"], kind["zipf4"]], "and": [kind["cap0"], kind["zipf6"]]}
+    for bad in (b"not gzip", gzip.compress(b'["a list"]'), gzip.compress(b'{"word": "not a number"}')):
+        table.write_bytes(bad)
+        with pytest.raises(DataError, match=r"prob.json.gz: expected a gzipped JSON object of word: log probability$"):
+            read_gazetteer(["word_stats"])
+
+
+def test_the_word_stats_gazetteer_bands_the_680000_words_of_spacys_english_table():
+    g = read_gazetteer(["word_stats"])  # spacy-lookups-data 1.0.5's en_lexeme_prob, fetched once
+    kind = {t: i for i, t in enumerate(g["types"])}
+    assert g["types"] == ["cap0", "cap10", "cap50", "cap90", "zipf3", "zipf4", "zipf5", "zipf6", "zipf_low"]
+    phrases = g["phrases"]
+    assert 600000 < len(phrases) < 700000 and g["longest"] == 1
+    for word, bands in {"london": ("cap90", "zipf4"), "lol": ("cap10", "zipf5"), "the": ("cap0", "zipf6")}.items():
+        assert phrases[word] == [kind[b] for b in bands]
+    assert all(len(ids) == 2 for ids in phrases.values())
 
 
 GAZ = {"types": ["city", "person"], "phrases": {"new york": [0], "york": [0, 1], "new york city": [0], "ada": [1]},
@@ -137,8 +176,8 @@ def test_a_tagger_trains_with_a_gazetteer_file_and_predicts_and_exports_from_its
 @pytest.mark.slow
 @pytest.mark.parametrize("value, sentence", [
     ("[{tmp}/gone.tsv]", "gone.tsv: no such file (a file of phrase<TAB>type lines, or one of: geonames, "
-                         "census_names)"),
-    ("[]", "data.gazetteer=[] must be a list of gazetteers' names (geonames, census_names) or paths of "
+                         "census_names, word_stats)"),
+    ("[]", "data.gazetteer=[] must be a list of gazetteers' names (geonames, census_names, word_stats) or paths of "
            "phrase<TAB>type files, or null"),
     ("3", "data.gazetteer=3 must be a list of gazetteers' names"),
     ("{{geonames:1}}", "the override data.gazetteer={geonames:1} cannot be merged into the config"),

@@ -6,6 +6,7 @@ then assigns example i to test (i % 10 == 0), validation (i % 10 == 1) or train.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -175,8 +176,61 @@ def load_census_gazetteer() -> list[tuple[str, str]]:
     return out
 
 
+def _lexeme_prob_path() -> Path:
+    # spaCy's English lexeme probabilities: the log probability of each of 1,000,000 case-sensitive
+    # word forms, as shipped by spacy-lookups-data 1.0.5 (MIT licence, Explosion). Fetched once with
+    # pip (a 98 MB wheel, not a dependency); only this file is kept and read.
+    return pip_member("spacy-lookups-data==1.0.5", "spacy_lookups_data/data/en_lexeme_prob.json.gz",
+                      sdist=False, dest_name="spacy-lookups-data-1.0.5-en_lexeme_prob.json.gz")
+
+
+# word_stats: a word's share of capitalised forms, and its Zipf frequency (log10 per billion words)
+CAPITALISED_BANDS = ((0.9, "cap90"), (0.5, "cap50"), (0.1, "cap10"), (0.0, "cap0"))
+ZIPF_BANDS = ((6.0, "zipf6"), (5.0, "zipf5"), (4.0, "zipf4"), (3.0, "zipf3"), (-math.inf, "zipf_low"))
+
+
+def word_stats_bands(logprob: dict[str, float]) -> list[tuple[str, str]]:
+    """(lower-cased word, band) pairs from case-sensitive log probabilities: each word once with the
+    share of its probability spelt with a capital first letter (``cap90`` for 0.9 or more, ``cap50``,
+    ``cap10``, ``cap0`` below 0.1), once with the Zipf frequency of all its forms together (``zipf6``
+    for 6 or more, ``zipf5``, ``zipf4``, ``zipf3``, ``zipf_low`` below 3). Forms with white space in
+    them are left out."""
+    total: dict[str, float] = {}
+    capital: dict[str, float] = {}
+    for form, lp in logprob.items():
+        if not form or any(ch.isspace() for ch in form):
+            continue
+        word, p = form.lower(), math.exp(lp)
+        total[word] = total.get(word, 0.0) + p
+        if form[0].isupper():
+            capital[word] = capital.get(word, 0.0) + p
+    out = []
+    for word, p in total.items():
+        share = capital.get(word, 0.0) / p
+        out.append((word, next(band for low, band in CAPITALISED_BANDS if share >= low)))
+        zipf = math.log10(p) + 9
+        out.append((word, next(band for low, band in ZIPF_BANDS if zipf >= low)))
+    return out
+
+
+def load_word_stats_gazetteer() -> list[tuple[str, str]]:
+    """``word_stats``: every word of spaCy's English lexeme probabilities (about 680,000 after
+    lower-casing) with two bands, how often it is capitalised and how frequent it is
+    (``word_stats_bands``)."""
+    path = _lexeme_prob_path()
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            logprob = json.load(f)
+        if not isinstance(logprob, dict) or not all(isinstance(v, (int, float)) for v in logprob.values()):
+            raise ValueError
+    except (OSError, ValueError, EOFError):
+        raise DataError(f"{path}: expected a gzipped JSON object of word: log probability") from None
+    return word_stats_bands(logprob)
+
+
 # data.gazetteer=[<name>, …]: the named gazetteers (else an entry is a file's path)
-GAZETTEERS = {"geonames": load_geonames_gazetteer, "census_names": load_census_gazetteer}
+GAZETTEERS = {"geonames": load_geonames_gazetteer, "census_names": load_census_gazetteer,
+              "word_stats": load_word_stats_gazetteer}
 
 
 def _gazetteer_file(where: str) -> list[tuple[str, str]]:
