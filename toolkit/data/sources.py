@@ -197,18 +197,18 @@ def word_stats_bands(logprob: dict[str, float]) -> list[tuple[str, str]]:
     them are left out."""
     total: dict[str, float] = {}
     capital: dict[str, float] = {}
+    exp = math.exp
     for form, lp in logprob.items():
-        if not form or any(ch.isspace() for ch in form):
+        if len(form.split()) != 1 or form.strip() != form:  # empty, or white space in it
             continue
-        word, p = form.lower(), math.exp(lp)
+        word, p = form.lower(), exp(lp)
         total[word] = total.get(word, 0.0) + p
         if form[0].isupper():
             capital[word] = capital.get(word, 0.0) + p
     out = []
     for word, p in total.items():
-        share = capital.get(word, 0.0) / p
+        share, zipf = capital.get(word, 0.0) / p, math.log10(p) + 9
         out.append((word, next(band for low, band in CAPITALISED_BANDS if share >= low)))
-        zipf = math.log10(p) + 9
         out.append((word, next(band for low, band in ZIPF_BANDS if zipf >= low)))
     return out
 
