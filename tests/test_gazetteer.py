@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from toolkit.checkpoints import pack_gazetteer, read_checkpoint, unpack_gazetteer
 from toolkit.data import sources
 from toolkit.data.sources import read_gazetteer, word_stats_bands
 from toolkit.data.tagging import collate_tagging, encode_tagging, gazetteer_features
@@ -101,6 +102,20 @@ def test_the_word_stats_gazetteer_bands_the_680000_words_of_spacys_english_table
     assert all(len(ids) == 2 for ids in phrases.values())
 
 
+def test_a_checkpoint_stores_the_gazetteer_as_one_string_of_phrases_per_list_of_types_and_reads_it_back():
+    gazetteer = {"types": ["city", "person"], "phrases": {"new york": [0], "york": [0, 1], "paris": [0], "ada": [1]},
+                 "longest": 2}
+    checkpoint = {"epoch": 3, "hyper_parameters": {"head": "tagging", "spec": {"labels": ["O"], "gazetteer": gazetteer}}}
+    packed = pack_gazetteer(checkpoint)
+    assert packed["hyper_parameters"]["spec"]["gazetteer"] == {
+        "types": ["city", "person"], "longest": 2, "packed": {"0": "new york\nparis", "0 1": "york", "1": "ada"}}
+    assert checkpoint["hyper_parameters"]["spec"]["gazetteer"] is gazetteer and "phrases" in gazetteer  # untouched
+    unpack_gazetteer(packed)
+    assert packed == checkpoint
+    no_gazetteer = {"hyper_parameters": {"spec": {"labels": ["O"]}}}
+    assert pack_gazetteer(no_gazetteer) is no_gazetteer
+
+
 GAZ = {"types": ["city", "person"], "phrases": {"new york": [0], "york": [0, 1], "new york city": [0], "ada": [1]},
        "longest": 3}
 
@@ -157,7 +172,9 @@ def test_a_tagger_trains_with_a_gazetteer_file_and_predicts_and_exports_from_its
     assert r.returncode == 0, r.explain()
     assert 0 <= json.loads((run / "results.json").read_text())["test"]["test_f1"] <= 1
     ckpt = run / "checkpoints" / "best.ckpt"
-    spec = torch.load(ckpt, weights_only=True)["hyper_parameters"]["spec"]
+    on_disk = torch.load(ckpt, weights_only=True)["hyper_parameters"]["spec"]["gazetteer"]
+    assert on_disk == {"types": ["city", "name"], "packed": {"0": "london\nnew york", "1": "harry"}, "longest": 2}
+    spec = read_checkpoint(ckpt)["hyper_parameters"]["spec"]
     assert spec["gazetteer"] == {"types": ["city", "name"], "phrases": {"london": [0], "new york": [0], "harry": [1]},
                                  "longest": 2}
     gaz.unlink()  # the checkpoint carries the phrases: prediction does not need the file
