@@ -4,6 +4,7 @@ files) flagged where they start and continue, read beside each token by the tagg
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import math
@@ -51,8 +52,10 @@ def test_a_missing_gazetteer_names_the_key_and_the_named_gazetteers(tmp_path):
         read_gazetteer(["geonames", str(tmp_path / "nope.tsv")])
 
 
-def test_named_gazetteers_are_read_once_per_process_and_files_every_time(tmp_path):
-    assert read_gazetteer(["census_names"]) is read_gazetteer(["census_names"])  # a sweep's jobs share it
+def test_named_gazetteers_are_read_once_per_process_files_every_time_and_deep_copies_share_them(tmp_path):
+    g = read_gazetteer(["census_names"])
+    assert read_gazetteer(["census_names"]) is g  # a sweep's jobs share it
+    assert copy.deepcopy(g)["phrases"] is g["phrases"]  # and a model's deep copy (the moving average) too
     f = tmp_path / "g.tsv"
     f.write_text("paris\tcity\n")
     first = read_gazetteer(["census_names", str(f)])

@@ -20,6 +20,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
 from toolkit.cells import available_cells
+from toolkit.data.sources import Phrases
 from toolkit.errors import CheckpointError
 from toolkit.files import write_atomic
 from toolkit.heads import HEADS
@@ -133,7 +134,7 @@ def unpack_gazetteer(checkpoint) -> None:
     gazetteer = _gazetteer_of(checkpoint)
     if gazetteer is None or not isinstance(gazetteer.get("packed"), dict):
         return
-    phrases = {}
+    phrases = Phrases()
     for ids, joined in gazetteer.pop("packed").items():
         kinds = [int(i) for i in ids.split()]
         for phrase in joined.split("\n"):

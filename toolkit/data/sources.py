@@ -249,6 +249,16 @@ def _gazetteer_file(where: str) -> list[tuple[str, str]]:
     return out
 
 
+class Phrases(dict):
+    """A gazetteer's {phrase: [type ids]}, read-only by convention: ``copy.deepcopy`` shares it
+    instead of copying up to 700,000 entries (the moving average of the weights deep-copies the
+    model, hyper-parameters and all: 8 s with ``word_stats``). A checkpoint stores it packed
+    (``toolkit.checkpoints.pack_gazetteer``), as plain data."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 def read_gazetteer(where: list[str]) -> dict:
     """``data.gazetteer``: named gazetteers (``GAZETTEERS``) and files of ``phrase<TAB>type``
     lines -> {"types": sorted type names, "phrases": {lower-cased phrase, its words joined by one
@@ -271,7 +281,7 @@ def read_gazetteer(where: list[str]) -> dict:
         ids = phrases.setdefault(key, [])
         if index[kind] not in ids:
             ids.append(index[kind])
-    out = {"types": types, "phrases": {k: sorted(v) for k, v in phrases.items()},
+    out = {"types": types, "phrases": Phrases((k, sorted(v)) for k, v in phrases.items()),
            "longest": max(len(k.split(" ")) for k in phrases)}
     if all(name in GAZETTEERS for name in where):
         _NAMED_READ[named] = out
