@@ -118,11 +118,11 @@ class Session:
 
 def warm_fetched_sources() -> None:
     """The pages show runs on a warm cache: the sources that come by ``pip download`` (VADER's
-    sentences, the word_stats table) are fetched before the first page, not in the middle of one,
-    where the fetch's one line on stderr would be part of an example's output."""
-    from toolkit.data.sources import _lexeme_prob_path, vader_movies_path
+    sentences, the word_stats and brown_clusters tables) are fetched before the first page, not in
+    the middle of one, where the fetch's one line on stderr would be part of an example's output."""
+    from toolkit.data.sources import _lexeme_path, vader_movies_path
     vader_movies_path()
-    _lexeme_prob_path()
+    _lexeme_path("prob")  # and the cluster table, from the same download
 
 
 SESSION = Session()

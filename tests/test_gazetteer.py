@@ -15,7 +15,7 @@ import torch
 from conftest import TINY
 from toolkit.checkpoints import pack_gazetteer, read_checkpoint, unpack_gazetteer
 from toolkit.data import sources
-from toolkit.data.sources import read_gazetteer, word_stats_bands
+from toolkit.data.sources import brown_cluster_bands, read_gazetteer, word_stats_bands
 from toolkit.data.tagging import collate_tagging, encode_tagging, gazetteer_features
 from toolkit.data.text import Vocab
 from toolkit.errors import DataError
@@ -48,7 +48,7 @@ def test_a_bad_gazetteer_file_is_one_sentence_naming_the_line(tmp_path, text, se
 
 
 def test_a_missing_gazetteer_names_the_key_and_the_named_gazetteers(tmp_path):
-    with pytest.raises(DataError, match=r"data.gazetteer: .*nope.tsv: no such file .*one of: geonames, census_names, word_stats\)"):
+    with pytest.raises(DataError, match=r"data.gazetteer: .*nope.tsv: no such file .*one of: geonames, census_names, word_stats, brown_clusters\)"):
         read_gazetteer(["geonames", str(tmp_path / "nope.tsv")])
 
 
@@ -90,7 +90,7 @@ def test_word_stats_bands_each_word_by_its_share_of_capitalised_forms_and_its_fr
 
 def test_the_word_stats_gazetteer_reads_a_gzipped_table_and_refuses_another_in_one_sentence(tmp_path, monkeypatch):
     table = tmp_path / "prob.json.gz"
-    monkeypatch.setattr(sources, "_lexeme_prob_path", lambda: table)
+    monkeypatch.setattr(sources, "_lexeme_path", lambda name: table)
     monkeypatch.setattr(sources, "_NAMED_READ", {})  # named gazetteers are read once per process
     with gzip.open(table, "wt") as f:
         json.dump({"Paris": -11.0, "paris": -14.0, "and": -4.0}, f)
@@ -114,6 +114,41 @@ def test_the_word_stats_gazetteer_bands_the_680000_words_of_spacys_english_table
     for word, bands in {"london": ("cap90", "zipf4"), "lol": ("cap10", "zipf5"), "the": ("cap0", "zipf6")}.items():
         assert phrases[word] == [kind[b] for b in bands]
     assert all(len(ids) == 2 for ids in phrases.values())
+
+
+def test_brown_cluster_bands_give_each_word_two_prefixes_of_its_most_probable_spellings_path():
+    cluster = {"Apple": 0b1011011, "apple": 0b1101,   # "Apple" is the likelier spelling: its path wins
+               "the": 0b110, "Zed": 0, "new york": 0b1111111}  # a path shorter than 4 bits is taken whole;
+    logprob = {"Apple": -9.0, "apple": -10.0, "the": -3.0}       # no cluster and white space: left out
+    assert sorted(brown_cluster_bands(cluster, logprob)) == [
+        ("apple", "b4_1011"), ("apple", "b7_1011011"), ("the", "b4_110"), ("the", "b7_110")]
+
+
+def test_the_brown_clusters_gazetteer_reads_both_tables_and_refuses_a_bad_one_in_one_sentence(tmp_path, monkeypatch):
+    tables = {name: tmp_path / f"{name}.json.gz" for name in ("prob", "cluster")}
+    monkeypatch.setattr(sources, "_lexeme_path", lambda name: tables[name])
+    monkeypatch.setattr(sources, "_NAMED_READ", {})
+    with gzip.open(tables["prob"], "wt") as f:
+        json.dump({"Paris": -11.0, "paris": -14.0}, f)
+    with gzip.open(tables["cluster"], "wt") as f:
+        json.dump({"Paris": 0b10010110, "paris": 0b111}, f)
+    g = read_gazetteer(["brown_clusters"])
+    assert g["types"] == ["b4_1001", "b7_1001011"] and g["phrases"] == {"paris": [0, 1]}
+    for bad in (b"not gzip", gzip.compress(b'{"word": 1.5}'), gzip.compress(b'{"word": true}')):
+        tables["cluster"].write_bytes(bad)
+        sources._NAMED_READ.clear()
+        with pytest.raises(DataError, match=r"cluster.json.gz: expected a gzipped JSON object of word: Brown cluster number$"):
+            read_gazetteer(["brown_clusters"])
+
+
+def test_the_brown_clusters_gazetteer_holds_about_100000_words_of_spacys_english_clusters():
+    g = read_gazetteer(["brown_clusters"])  # spacy-lookups-data 1.0.5's en_lexeme_cluster, fetched once
+    phrases, kind = g["phrases"], {t: i for i, t in enumerate(g["types"])}
+    assert 90000 < len(phrases) < 110000 and g["longest"] == 1 and 100 < len(g["types"]) < 160
+    assert all(len(ids) == 2 for ids in phrases.values())
+    coarse = {w: next(t for t in g["types"] if kind[t] in phrases[w] and t.startswith("b4_")) for w in
+              ("monday", "tuesday", "london", "paris")}
+    assert coarse["monday"] == coarse["tuesday"] and coarse["london"] == coarse["paris"]
 
 
 def test_a_checkpoint_stores_the_gazetteer_as_one_string_of_phrases_per_list_of_types_and_reads_it_back():
@@ -207,8 +242,8 @@ def test_a_tagger_trains_with_a_gazetteer_file_and_predicts_and_exports_from_its
 @pytest.mark.slow
 @pytest.mark.parametrize("value, sentence", [
     ("[{tmp}/gone.tsv]", "gone.tsv: no such file (a file of phrase<TAB>type lines, or one of: geonames, "
-                         "census_names, word_stats)"),
-    ("[]", "data.gazetteer=[] must be a list of gazetteers' names (geonames, census_names, word_stats) or paths of "
+                         "census_names, word_stats, brown_clusters)"),
+    ("[]", "data.gazetteer=[] must be a list of gazetteers' names (geonames, census_names, word_stats, brown_clusters) or paths of "
            "phrase<TAB>type files, or null"),
     ("3", "data.gazetteer=3 must be a list of gazetteers' names"),
     ("{{geonames:1}}", "the override data.gazetteer={geonames:1} cannot be merged into the config"),

@@ -176,12 +176,31 @@ def load_census_gazetteer() -> list[tuple[str, str]]:
     return out
 
 
-def _lexeme_prob_path() -> Path:
-    # spaCy's English lexeme probabilities: the log probability of each of 1,000,000 case-sensitive
-    # word forms, as shipped by spacy-lookups-data 1.0.5 (MIT licence, Explosion). Fetched once with
-    # pip (a 98 MB wheel, not a dependency); only this file is kept and read.
-    return pip_member("spacy-lookups-data==1.0.5", "spacy_lookups_data/data/en_lexeme_prob.json.gz",
-                      sdist=False, dest_name="spacy-lookups-data-1.0.5-en_lexeme_prob.json.gz")
+LEXEME_TABLES = ("prob", "cluster")
+
+
+def _lexeme_path(table: str) -> Path:
+    # spaCy's English lexeme tables, as shipped by spacy-lookups-data 1.0.5 (MIT licence, Explosion):
+    # "prob", the log probability of each of 1,000,000 case-sensitive word forms; "cluster", the
+    # Brown cluster (a bit path read as an integer) of about 110,000 of them. Fetched once with pip
+    # (a 98 MB wheel, not a dependency) for both; only these two files are kept and read.
+    paths = pip_members("spacy-lookups-data==1.0.5",
+                        {f"spacy_lookups_data/data/en_lexeme_{t}.json.gz": f"spacy-lookups-data-1.0.5-en_lexeme_{t}.json.gz"
+                         for t in LEXEME_TABLES}, sdist=False)
+    return paths[f"spacy_lookups_data/data/en_lexeme_{table}.json.gz"]
+
+
+def _read_lexeme_table(table: str, kind: type, what: str) -> dict:
+    path = _lexeme_path(table)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                 for v in data.values()):
+            raise ValueError
+    except (OSError, ValueError, EOFError):
+        raise DataError(f"{path}: expected a gzipped JSON object of word: {what}") from None
+    return data
 
 
 # word_stats: a word's share of capitalised forms, and its Zipf frequency (log10 per billion words)
@@ -217,20 +236,44 @@ def load_word_stats_gazetteer() -> list[tuple[str, str]]:
     """``word_stats``: every word of spaCy's English lexeme probabilities (about 680,000 after
     lower-casing) with two bands, how often it is capitalised and how frequent it is
     (``word_stats_bands``)."""
-    path = _lexeme_prob_path()
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            logprob = json.load(f)
-        if not isinstance(logprob, dict) or not all(isinstance(v, (int, float)) for v in logprob.values()):
-            raise ValueError
-    except (OSError, ValueError, EOFError):
-        raise DataError(f"{path}: expected a gzipped JSON object of word: log probability") from None
-    return word_stats_bands(logprob)
+    return word_stats_bands(_read_lexeme_table("prob", (int, float), "log probability"))
+
+
+# brown_clusters: the first bits of a word's Brown cluster path, coarse and fine
+BROWN_PREFIXES = (4, 7)
+
+
+def brown_cluster_bands(cluster: dict[str, int], logprob: dict[str, float]) -> list[tuple[str, str]]:
+    """(lower-cased word, band) pairs from case-sensitive Brown clusters: a word takes the cluster
+    of its most probable spelling (by ``logprob``; a spelling it lacks counts least), and appears
+    once per prefix length of ``BROWN_PREFIXES`` as ``b4_0110``, ``b7_0110101`` (the first bits of
+    the cluster's path; a shorter path is taken whole). Cluster 0 (no cluster) and forms with white
+    space in them are left out."""
+    best: dict[str, tuple[float, int]] = {}
+    for form, number in cluster.items():
+        if number <= 0 or len(form.split()) != 1 or form.strip() != form:
+            continue
+        word, lp = form.lower(), logprob.get(form, -math.inf)
+        if word not in best or lp > best[word][0]:
+            best[word] = (lp, number)
+    out = []
+    for word, (_, number) in best.items():
+        bits = bin(number)[2:]
+        out += [(word, f"b{n}_{bits[:n]}") for n in BROWN_PREFIXES]
+    return out
+
+
+def load_brown_clusters_gazetteer() -> list[tuple[str, str]]:
+    """``brown_clusters``: the words of spaCy's English Brown clusters (about 100,000 after
+    lower-casing) with two prefixes of their cluster's path (``brown_cluster_bands``): words used
+    alike share a band, which a tagger can learn from words it never saw in training."""
+    return brown_cluster_bands(_read_lexeme_table("cluster", int, "Brown cluster number"),
+                               _read_lexeme_table("prob", (int, float), "log probability"))
 
 
 # data.gazetteer=[<name>, …]: the named gazetteers (else an entry is a file's path)
 GAZETTEERS = {"geonames": load_geonames_gazetteer, "census_names": load_census_gazetteer,
-              "word_stats": load_word_stats_gazetteer}
+              "word_stats": load_word_stats_gazetteer, "brown_clusters": load_brown_clusters_gazetteer}
 
 
 def _gazetteer_file(where: str) -> list[tuple[str, str]]:
