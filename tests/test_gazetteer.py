@@ -18,7 +18,7 @@ from toolkit.data import sources
 from toolkit.data.sources import brown_cluster_bands, read_gazetteer, word_stats_bands
 from toolkit.data.tagging import collate_tagging, encode_tagging, gazetteer_features
 from toolkit.data.text import Vocab
-from toolkit.errors import DataError
+from toolkit.errors import ConfigError, DataError
 
 
 def test_a_gazetteer_file_gives_sorted_types_lower_cased_phrases_and_the_longest_phrase(tmp_path):
@@ -212,6 +212,32 @@ def test_the_flags_are_more_inputs_of_the_first_recurrent_layer():
     assert gaz.predict_tokens(["new", "york"]) == [spec["labels"][i] for i in want]
 
 
+def test_gazetteer_dim_maps_the_flags_to_fewer_inputs_and_leaves_the_other_parameters_as_they_were():
+    from toolkit.tasks.tagging import TaggingTask
+
+    spec = {"kind": "tagging", "tokenizer": "tweet", "normalize": "twitter",
+            "vocab": ["<pad>", "<unk>", "new", "york", "ada"], "labels": ["B-loc", "I-loc", "O"],
+            "chars": ["<pad>", "<unk>", *"newyorkad"], "gazetteer": GAZ}
+    kw = {"cell": {"name": "lstm"}, "hidden_size": 4, "embedding_dim": 3, "shape_dim": 2, "char_filters": 0}
+    torch.manual_seed(0)
+    raw = TaggingTask(spec=spec, **kw).eval()
+    torch.manual_seed(0)
+    mapped = TaggingTask(spec=spec, gazetteer_dim=1, **kw).eval()
+    assert raw.rnn.input_size == 9 and mapped.rnn.input_size == 6  # 3 + 2 + 4 flags, or 3 + 2 + 1
+    assert mapped.gazetteer_proj.weight.shape == (1, 4) and raw.gazetteer_proj is None
+    assert torch.equal(raw.embed.weight, mapped.embed.weight)  # built last: the same draws before it
+    batch = collate_tagging([encode_tagging(["new", "york"], mapped.vocab, "twitter", mapped.chars, GAZ)])
+    with torch.no_grad():
+        mapped.gazetteer_proj.weight.zero_()
+        silent = mapped(batch)
+        mapped.gazetteer_proj.weight.fill_(1.0)
+        assert not torch.allclose(silent, mapped(batch))  # the flags reach the network through the map
+    with pytest.raises(ConfigError, match=r"^model.gazetteer_dim=8 needs data.gazetteer \(the flags it maps\)"):
+        TaggingTask(spec={k: v for k, v in spec.items() if k != "gazetteer"}, gazetteer_dim=8, **kw)
+    assert TaggingTask.problems({"gazetteer_dim": 0, "depth": 1, "direction": "bi", "hidden_size": 4}) == [
+        "model.gazetteer_dim=0 must be a whole number of at least 1, or null"]
+
+
 @pytest.mark.slow
 def test_a_tagger_trains_with_a_gazetteer_file_and_predicts_and_exports_from_its_checkpoint_alone(rtk, tmp_path):
     gaz = tmp_path / "places.tsv"
@@ -237,6 +263,28 @@ def test_a_tagger_trains_with_a_gazetteer_file_and_predicts_and_exports_from_its
         meta = json.loads((tmp_path / f"{name}.json").read_text())
         assert meta["inputs"][:5] == ["tokens", "shapes", "chars", "gazetteer", "lengths"]
         assert meta["gazetteer"] == spec["gazetteer"]
+
+
+@pytest.mark.slow
+def test_a_tagger_with_gazetteer_dim_trains_predicts_and_exports_the_raw_flags_as_its_input(rtk, tmp_path):
+    gaz = tmp_path / "places.tsv"
+    gaz.write_text("London\tcity\nNew York\tcity\nHarry\tname\n")
+    run = tmp_path / "run"
+    r = rtk("train", *TINY, "trainer.limit_train_batches=10", f"data.gazetteer=[{gaz}]", "model.gazetteer_dim=3",
+            f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.explain()
+    ckpt = run / "checkpoints" / "best.ckpt"
+    weights = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert weights["gazetteer_proj.weight"].shape == (3, 4)  # 2 flags x 2 types -> 3 features
+    p = rtk("predict", f"ckpt={ckpt}", "text=Harry Potter met Hermione in London")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 6, p.explain()
+    e = rtk("export", f"ckpt={ckpt}", "format=onnx", f"out={tmp_path / 'net.onnx'}")
+    assert e.returncode == 0, e.explain()
+    meta = json.loads((tmp_path / "net.onnx.json").read_text())
+    assert meta["inputs"][:5] == ["tokens", "shapes", "chars", "gazetteer", "lengths"]
+    bad = rtk("train", *TINY, "data.gazetteer=null", "model.gazetteer_dim=3", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "model.gazetteer_dim=3 needs data.gazetteer" in bad.stderr, bad.explain()
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

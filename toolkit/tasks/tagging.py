@@ -96,12 +96,12 @@ class TaggingTask(SequenceTask):
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
                  char_kernel: int = 3, char_encoder: str = "cnn", decode: str = "viterbi",
                  tag_scheme: str = "bio", lm_weight: float = 0.0, lm_vocab: int = 7500,
-                 adversarial: float = 0.0, **kw):
+                 adversarial: float = 0.0, gazetteer_dim: int | None = None, **kw):
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
                          char_kernel=char_kernel, char_encoder=char_encoder, decode=decode,
                          tag_scheme=tag_scheme, lm_weight=lm_weight, lm_vocab=lm_vocab,
-                         adversarial=adversarial, **kw)
+                         adversarial=adversarial, gazetteer_dim=gazetteer_dim, **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
         n_chars = len(self.hparams.spec["chars"])
         self.char_cnn = None  # the character encoder, CNN or BiLSTM (the name keeps checkpoints' keys)
@@ -127,6 +127,16 @@ class TaggingTask(SequenceTask):
             n_words = min(lm_vocab, len(self.vocab.itos))  # the most frequent words; the rest read as <unk>
             self.lm_heads = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, n_words))
                                           for _ in range(self.rnn.num_directions))
+        # model.gazetteer_dim: the flags (B, T, 2 x types) read through a linear map to this many
+        # features instead of as they are (built last: without it, a model's first parameters
+        # draw the same numbers as before)
+        self.gazetteer_proj = None
+        if gazetteer_dim is not None:
+            if "gazetteer" not in self.hparams.spec:
+                raise ConfigError(f"model.gazetteer_dim={gazetteer_dim} needs data.gazetteer (the flags it maps): "
+                                  "set data.gazetteer=[…] or model.gazetteer_dim=null")
+            n_flags = 2 * len(self.hparams.spec["gazetteer"]["types"])
+            self.gazetteer_proj = nn.Linear(n_flags, gazetteer_dim, bias=False)
         self._gold: list[list[str]] = []
         self._pred: list[list[str]] = []
 
@@ -162,11 +172,16 @@ class TaggingTask(SequenceTask):
             out.append(problem)
         if problem := number_problem("model.adversarial", hp["adversarial"], high=100.0):
             out.append(problem)
+        if problem := whole_number_problem("model.gazetteer_dim", hp["gazetteer_dim"], null=True):
+            out.append(problem)
         return out
 
     def input_size(self) -> int:
-        # data.gazetteer: two flags a phrase type (a phrase starts here, one continues through here)
-        gazetteer = 2 * len(self.hparams.spec["gazetteer"]["types"]) if "gazetteer" in self.hparams.spec else 0
+        # data.gazetteer: two flags a phrase type (a phrase starts here, one continues through here),
+        # or model.gazetteer_dim features mapped from them
+        gazetteer = 0
+        if "gazetteer" in self.hparams.spec:
+            gazetteer = self.hparams.gazetteer_dim or 2 * len(self.hparams.spec["gazetteer"]["types"])
         return self.hparams.embedding_dim + self._extra_dim + gazetteer
 
     def features(self, batch: dict) -> Tensor:
@@ -178,7 +193,8 @@ class TaggingTask(SequenceTask):
             if "gazetteer" not in batch:
                 raise ValueError("this tagger was trained with data.gazetteer, so its batches need the flags: "
                                  "encode_tagging(tokens, vocab, normalize, chars, spec['gazetteer'])")
-            parts.append(batch["gazetteer"].to(parts[0]))  # (B, T, 2 x types)
+            flags = batch["gazetteer"].to(parts[0])  # (B, T, 2 x types)
+            parts.append(flags if self.gazetteer_proj is None else self.gazetteer_proj(flags))
         y, _ = self.rnn(self.drop(torch.cat(parts, -1)), lengths=batch["lengths"], final_state=False)  # (B, T, H*D)
         return self.drop(y)
 
