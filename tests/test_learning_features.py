@@ -328,6 +328,41 @@ def test_adversarial_training_adds_the_loss_at_embeddings_moved_eps_up_the_gradi
         make(adversarial=-1)
 
 
+@pytest.mark.parametrize("head", ["classification", "tagging"])
+def test_adversarial_every_k_takes_the_second_pass_on_every_kth_optimiser_step_only(head, monkeypatch):
+    import torch.nn.functional as F
+
+    from test_api import classification_task, tagging_task
+    from toolkit.errors import ConfigError
+
+    torch.manual_seed(0)
+    make = classification_task if head == "classification" else tagging_task
+    model = make(direction="bi", dropout=0.0, adversarial=0.7, adversarial_every=3).train()
+    model.log = lambda *a, **k: None
+    tokens = torch.tensor([[2, 7, 3, 9], [4, 2, 0, 0]])
+    batch = {"tokens": tokens, "lengths": torch.tensor([4, 2])}
+    if head == "classification":
+        batch["labels"] = torch.tensor([1, 0])
+        plain = lambda: F.cross_entropy(model(batch), batch["labels"])  # noqa: E731
+    else:
+        batch |= {"shapes": torch.ones(2, 4, dtype=torch.long), "chars": torch.ones(2, 4, 3, dtype=torch.long),
+                  "tags": torch.tensor([[0, 1, 0, 0], [0, 0, -100, -100]])}
+        plain = lambda: model._loss(batch)[0]  # noqa: E731
+    step = [0]
+    monkeypatch.setattr(type(model), "global_step", property(lambda self: step[0]))
+    clean = plain().detach()
+    both = {}
+    for step[0] in range(7):
+        both[step[0]] = model.training_step(batch, 0).detach()
+    for k, loss in both.items():
+        if k % 3 == 0:  # steps 0, 3, 6: the clean loss and the loss at the moved embeddings
+            assert loss > clean * 1.5, k
+        else:
+            torch.testing.assert_close(loss, clean, msg=str(k))
+    with pytest.raises(ConfigError, match=r"^model\.adversarial_every=0 must be a whole number of at least 1$"):
+        make(adversarial=1.0, adversarial_every=0)
+
+
 @pytest.mark.slow
 def test_a_classifier_with_adversarial_training_trains_tests_and_predicts(rtk, tmp_path):
     run = tmp_path / "run"

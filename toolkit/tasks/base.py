@@ -168,7 +168,7 @@ class SequenceTask(pl.LightningModule):
             e = self.embed(tokens)
         return e if self._embedding_hook is None else self._embedding_hook(e)
 
-    def adversarial_loss(self, loss_of: Callable[[], Tensor], eps: float) -> Tensor:
+    def adversarial_loss(self, loss_of: Callable[[], Tensor], eps: float, every: int = 1) -> Tensor:
         """Adversarial training on the word embeddings (Goodfellow et al. 2015; Miyato et al. 2017).
 
         ``loss_of()`` computes the training loss L once; with ``eps`` > 0 it runs twice: first as
@@ -181,8 +181,11 @@ class SequenceTask(pl.LightningModule):
         The backward pass that gives g gives L's parameter gradients too, so they are kept rather
         than computed a second time: the returned tensor carries them as a term of value zero,
         sum_p (p * dL/dp) minus its own detached value, which the step's one backward (and DDP's
-        gradient reduction with it) turns back into exactly dL/dp."""
-        if not eps:
+        gradient reduction with it) turns back into exactly dL/dp.
+
+        ``every`` = k > 1 (``model.adversarial_every``) takes the second pass on every k-th
+        optimiser step only (the first, the (k+1)-th, …) and returns L, one pass, on the others."""
+        if not eps or self.global_step % every:
             return loss_of()
         seen: list[Tensor] = []
         self._embedding_hook = lambda e: seen.append(e) or e

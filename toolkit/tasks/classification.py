@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from toolkit.data.classification import collate_classification, encode_text
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, whole_number_problem
 from toolkit.layers import length_mask
 from toolkit.tasks.base import SequenceTask, defaults, number_problem
 
@@ -44,8 +44,10 @@ class ClassificationTask(SequenceTask):
 
     head = "classification"
 
-    def __init__(self, *args, pooling: str = "last", label_smoothing: float = 0.0, adversarial: float = 0.0, **kw):
-        super().__init__(*args, pooling=pooling, label_smoothing=label_smoothing, adversarial=adversarial, **kw)
+    def __init__(self, *args, pooling: str = "last", label_smoothing: float = 0.0, adversarial: float = 0.0,
+                 adversarial_every: int = 1, **kw):
+        super().__init__(*args, pooling=pooling, label_smoothing=label_smoothing, adversarial=adversarial,
+                         adversarial_every=adversarial_every, **kw)
         self.out = nn.Linear(self.rnn.output_size, len(self.labels))
         self.attention_pool = AttentionPool(self.rnn.output_size) if pooling == "attention" else None
         n = len(self.labels)
@@ -64,6 +66,8 @@ class ClassificationTask(SequenceTask):
         if problem := number_problem("model.label_smoothing", hp["label_smoothing"]):
             out.append(problem)
         if problem := number_problem("model.adversarial", hp["adversarial"], high=100.0):
+            out.append(problem)
+        if problem := whole_number_problem("model.adversarial_every", hp["adversarial_every"]):
             out.append(problem)
         return out
 
@@ -107,7 +111,7 @@ class ClassificationTask(SequenceTask):
         # val_loss is the plain one
         loss = self.adversarial_loss(
             lambda: F.cross_entropy(self(batch), batch["labels"], label_smoothing=self.hparams.label_smoothing),
-            self.hparams.adversarial)
+            self.hparams.adversarial, self.hparams.adversarial_every)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 

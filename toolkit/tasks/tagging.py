@@ -96,12 +96,13 @@ class TaggingTask(SequenceTask):
     def __init__(self, *args, shape_dim: int = 16, char_dim: int = 25, char_filters: int = 50,
                  char_kernel: int = 3, char_encoder: str = "cnn", decode: str = "viterbi",
                  tag_scheme: str = "bio", lm_weight: float = 0.0, lm_vocab: int = 7500,
-                 adversarial: float = 0.0, gazetteer_dim: int | None = None, **kw):
+                 adversarial: float = 0.0, adversarial_every: int = 1, gazetteer_dim: int | None = None, **kw):
         self._extra_dim = shape_dim + char_filters
         super().__init__(*args, shape_dim=shape_dim, char_dim=char_dim, char_filters=char_filters,
                          char_kernel=char_kernel, char_encoder=char_encoder, decode=decode,
                          tag_scheme=tag_scheme, lm_weight=lm_weight, lm_vocab=lm_vocab,
-                         adversarial=adversarial, gazetteer_dim=gazetteer_dim, **kw)
+                         adversarial=adversarial, adversarial_every=adversarial_every, gazetteer_dim=gazetteer_dim,
+                         **kw)
         self.shape_embed = nn.Embedding(len(SHAPES), shape_dim, padding_idx=0)
         n_chars = len(self.hparams.spec["chars"])
         self.char_cnn = None  # the character encoder, CNN or BiLSTM (the name keeps checkpoints' keys)
@@ -171,6 +172,8 @@ class TaggingTask(SequenceTask):
         if problem := whole_number_problem("model.lm_vocab", hp["lm_vocab"], least=2):
             out.append(problem)
         if problem := number_problem("model.adversarial", hp["adversarial"], high=100.0):
+            out.append(problem)
+        if problem := whole_number_problem("model.adversarial_every", hp["adversarial_every"]):
             out.append(problem)
         if problem := whole_number_problem("model.gazetteer_dim", hp["gazetteer_dim"], null=True):
             out.append(problem)
@@ -261,7 +264,8 @@ class TaggingTask(SequenceTask):
         return loss + self.hparams.lm_weight * lm
 
     def training_step(self, batch, _):
-        loss = self.adversarial_loss(lambda: self._train_loss(batch), self.hparams.adversarial)
+        loss = self.adversarial_loss(lambda: self._train_loss(batch), self.hparams.adversarial,
+                                     self.hparams.adversarial_every)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["lengths"]))
         return loss
 
