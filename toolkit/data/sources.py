@@ -247,7 +247,7 @@ BROWN_PREFIXES = (4, 7)
 
 def brown_cluster_bands(cluster: dict[str, int], logprob: dict[str, float]) -> list[tuple[str, str]]:
     """(lower-cased word, band) pairs from case-sensitive Brown clusters: a word takes the cluster
-    of its most probable spelling (by ``logprob``; a spelling it lacks counts least), and appears
+    of its most probable spelling that has one (by ``logprob``; a spelling it lacks counts least), and appears
     once per prefix length of ``BROWN_PREFIXES`` as ``b4_0110``, ``b7_0110101`` (the first bits of
     the cluster's path; a shorter path is taken whole). Cluster 0 (no cluster) and forms with white
     space in them are left out."""
