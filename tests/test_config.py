@@ -21,6 +21,13 @@ def errors_of(compose, overrides) -> str:
     return str(e.value)
 
 
+def test_turning_the_ner_gazetteers_off_asks_for_gazetteer_dim_null_too_before_any_data_loads(compose):
+    with pytest.raises(ConfigError, match=r"^model.gazetteer_dim=32 needs data.gazetteer \(the flags it maps\): set "
+                                          r"data.gazetteer=\[…\] or model.gazetteer_dim=null$"):
+        validate(compose(["data.gazetteer=null"]))
+    validate(compose(["data.gazetteer=null", "model.gazetteer_dim=null"]))
+
+
 def test_default_config_is_ner_with_a_bidirectional_lstm(compose):
     cfg = compose([])
     assert cfg.task.name == "ner" and cfg.task.head == "tagging"

@@ -145,6 +145,11 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.get("target") == "regression" and cfg.task.get("monitor") in ("val_acc", "val_f1"):
         errors.append(f"data.target=regression with task.monitor={cfg.task.monitor}: a regression reports "
                       "val_mse and val_mae, not accuracy; use task=series_regression")
+    gazetteer_dim = cfg.model.get("gazetteer_dim")
+    if gazetteer_dim is not None and not cfg.data.get("gazetteer"):
+        # the ner default maps its flags: turning the gazetteers off asks for both overrides
+        errors.append(f"model.gazetteer_dim={gazetteer_dim!r} needs data.gazetteer (the flags it maps): set "
+                      "data.gazetteer=[…] or model.gazetteer_dim=null")
     _trainer_keys(errors, cfg.trainer)
     if cfg.trainer.get("limit_val_batches") == 0 and cfg.patience is not None:
         errors.append(f"trainer.limit_val_batches=0 leaves no {cfg.task.get('monitor')} for early stopping "
