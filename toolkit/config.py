@@ -146,7 +146,7 @@ def validate(cfg: DictConfig) -> None:
         errors.append(f"data.target=regression with task.monitor={cfg.task.monitor}: a regression reports "
                       "val_mse and val_mae, not accuracy; use task=series_regression")
     gazetteer_dim = cfg.model.get("gazetteer_dim")
-    if gazetteer_dim is not None and not cfg.data.get("gazetteer"):
+    if gazetteer_dim is not None and cfg.data.get("gazetteer") is None:
         # the ner default maps its flags: turning the gazetteers off asks for both overrides
         errors.append(f"model.gazetteer_dim={gazetteer_dim!r} needs data.gazetteer (the flags it maps): set "
                       "data.gazetteer=[…] or model.gazetteer_dim=null")
