@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import tempfile
@@ -222,3 +223,87 @@ def lm_softmax(repeats: int, overrides: list[str] = (), limit_batches: int | Non
                 f"{tokens / t['adaptive']:,.0f} vs {tokens / t['full']:,.0f} tok/s over {len(batches)} batches "
                 f"({t['adaptive']:.2f} vs {t['full']:.2f} s); cutoffs {list(cutoffs)}",
                 t["full"] / t["adaptive"])]
+
+
+# ----------------------------------------------------------------------------- training step
+@contextlib.contextmanager
+def torch_dropout():
+    """The toolkit's ``dropout`` swapped for ``F.dropout`` (torch's own, the reference) while inside."""
+    from toolkit import layers
+    from toolkit.tasks import base
+
+    own = layers.dropout
+    layers.dropout = base.dropout = lambda x, p, training=True: F.dropout(x, p, training)
+    try:
+        yield
+    finally:
+        layers.dropout = base.dropout = own
+
+
+def training_step(repeats: int, overrides: list[str] = (), limit_batches: int | None = 20) -> list[Row]:
+    """``sentiment``'s default training steps on its own batches: the toolkit's dropout and optimiser
+    step against torch's ``F.dropout`` and per-tensor Adam, each part alone and the whole step."""
+    cfg = compose("sentiment", list(overrides))
+    dm, model = build(cfg)
+    model.train()
+    batches = list(itertools.islice(dm.train_dataloader(), limit_batches))
+    tokens = sum(int(b["lengths"].sum()) for b in batches)
+    width, p = 2 * cfg.hidden_size, cfg.model.dropout
+    encoded = [torch.randn(*b["tokens"].shape, width, requires_grad=True) for b in batches]
+
+    def dropout_pass(fn):
+        def run():
+            for x in encoded:
+                fn(x).sum().backward()
+        return run
+
+    from toolkit import layers
+
+    rows = []
+    t = compare({"toolkit": dropout_pass(lambda x: layers.dropout(x, p)),
+                 "torch": dropout_pass(lambda x: F.dropout(x, p, True))}, repeats, warmup=1)
+    rows.append(Row("training step", f"dropout p={p:g} on (B, T, {width}), forward + backward",
+                    f"toolkit {t['toolkit']:.3f} s vs F.dropout {t['torch']:.3f} s over {len(batches)} batches",
+                    t["toolkit"] / t["torch"], target=("<", 1.0)))
+
+    params = [q for q in model.parameters() if q.requires_grad]
+    for q in params:
+        q.grad = torch.randn_like(q)
+    n = sum(q.numel() for q in params)
+    optimisers = {"toolkit": model.configure_optimizers(),
+                  "torch": torch.optim.Adam(params, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay)}
+
+    def steps(opt):
+        def run():
+            for _ in batches:
+                opt.step()
+        return run
+
+    t = compare({name: steps(opt) for name, opt in optimisers.items()}, repeats, warmup=1)
+    rows.append(Row("training step", f"Adam step over {n:,} parameters",
+                    f"fused {t['toolkit']:.3f} s vs per-tensor {t['torch']:.3f} s for {len(batches)} steps",
+                    t["toolkit"] / t["torch"], target=("<", 1.0)))
+
+    def whole(name):
+        opt = model.configure_optimizers() if name == "toolkit" else torch.optim.Adam(
+            params, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay)
+
+        def run():
+            with contextlib.nullcontext() if name == "toolkit" else torch_dropout():
+                for batch in batches:
+                    opt.zero_grad(set_to_none=True)
+                    model.training_step(batch, 0).backward()
+                    torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
+                    opt.step()
+        return run
+
+    model.log = lambda *args, **kwargs: None  # no Trainer to log to
+    try:
+        t = compare({name: whole(name) for name in ("toolkit", "torch")}, repeats, warmup=1)
+    finally:
+        del model.log
+    rows.append(Row("training step", "sentiment's whole step (adversarial: 2 passes), tokens/s",
+                    f"toolkit {tokens / t['toolkit']:,.0f} vs torch's dropout and Adam {tokens / t['torch']:,.0f} "
+                    f"tok/s over {len(batches)} batches ({t['toolkit']:.2f} vs {t['torch']:.2f} s)",
+                    t["toolkit"] / t["torch"], target=("<", 1.0)))
+    return rows

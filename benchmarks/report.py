@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 SECTIONS = ("layer overhead", "custom cells", "throughput vs the machine", "end to end",
-            "padding", "long sequences", "language-model softmax", "export")
+            "padding", "long sequences", "language-model softmax", "training step", "export")
 
 
 @dataclass
@@ -98,6 +98,11 @@ INTRO = {
                               "full softmax and with `model.softmax=adaptive`. Ratio = full time / adaptive time "
                               "(above 1: the adaptive softmax is faster). No target: a speed the perplexity must "
                               "pay for (docs/learning.md).",
+    "training step": "`sentiment`'s default model and training batches on the CPU: the toolkit's `dropout` (its keep "
+                     "mask drawn as U(0, 1) >= p) against torch's `F.dropout` (drawn by `bernoulli_`), its optimiser "
+                     "(torch's fused Adam step) against the per-tensor Adam, and the whole training step (forward and "
+                     "backward with the adversarial pass, clipping, Adam) with both against neither. Ratio = toolkit "
+                     "time / torch time (below 1: the toolkit is faster).",
     "export": "Inference latency of one model exported by `rtk export format=onnx` (a unidirectional LSTM "
               "classifier, hidden 128, embedding 100, 5,000 words) run by onnxruntime vs the same model in torch "
               "(the toolkit's own forward), on the same inputs, outputs checked equal (1e-4) first; onnxruntime "
@@ -159,7 +164,7 @@ def replace_marked(text: str, body: str) -> str:
 
 SHORT = {"layer overhead": "layer", "custom cells": "cell", "throughput vs the machine": "GFLOP/s",
          "end to end": "e2e", "padding": "padding", "long sequences": "long",
-         "language-model softmax": "lm softmax", "export": "onnx"}
+         "language-model softmax": "lm softmax", "training step": "step", "export": "onnx"}
 
 
 def plot(rows: list[Row], path: Path) -> None:

@@ -56,6 +56,7 @@ def run_suite(p: dict, only: list[str] | None = None, log=print) -> list[Row]:
         "padding": lambda: pipeline.padding(["ner", "sentiment"], p["pad_repeats"], p["overrides"], p["pad_batches"]),
         "long sequences": lambda: kernels.long_sequences(s, p["long"], p["long_repeats"], 1),
         "language-model softmax": lambda: pipeline.lm_softmax(p["e2e_repeats"], p["overrides"], p["lm_batches"]),
+        "training step": lambda: pipeline.training_step(p["e2e_repeats"], p["overrides"], p["lm_batches"]),
         "export": lambda: [] if export.missing() else export.latency(p["export_repeats"], 1, **p["export"]),
     }
     rows: list[Row] = []

@@ -149,6 +149,49 @@ def test_last_layers_output_gets_no_dropout(backend):
     torch.testing.assert_close(layer.train()(x)[0], layer.eval()(x)[0])
 
 
+# ----------------------------------------------------------------------------- dropout
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_dropout_keeps_each_element_with_probability_one_minus_p_scaled_by_its_inverse(p):
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 1.0  # never zero: a zero out is a dropped element
+    y = layers.dropout(x, p)
+    kept = y != 0
+    # 1e6 independent draws: the kept fraction is within 5 standard deviations of 1 - p
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / 1e6) ** 0.5
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    assert abs(layers.dropout(torch.ones(1000, 1000), p).mean().item() - 1.0) < 0.01  # the mean is kept
+
+
+def test_dropout_gradient_is_its_mask_scaled_and_the_nn_module_matches_the_function():
+    x = (torch.rand(50, 40) + 1.0).requires_grad_()
+    torch.manual_seed(3)
+    y = layers.dropout(x, 0.25)
+    y.backward(torch.full_like(y, 2.0))
+    torch.testing.assert_close(x.grad, 2.0 * (y != 0).float() / 0.75)
+    torch.manual_seed(3)
+    module = layers.Dropout(0.25).train()
+    torch.testing.assert_close(module(x), y)  # the same draw from the same seed
+    assert repr(module) == "Dropout(p=0.25)"
+    torch.testing.assert_close(module.eval()(x), x)
+
+
+def test_dropout_is_the_identity_in_eval_and_at_p_zero_and_zeros_everything_at_p_one():
+    x = torch.randn(4, 5, 6)
+    assert layers.dropout(x, 0.5, training=False) is x
+    assert layers.dropout(x, 0.0) is x
+    assert torch.equal(layers.dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_dropout_follows_the_seed_and_keeps_a_low_precision_dtype():
+    x = torch.randn(8, 9, 10).to(torch.bfloat16)
+    torch.manual_seed(7)
+    a = layers.dropout(x, 0.5)
+    torch.manual_seed(7)
+    b = layers.dropout(x, 0.5)
+    assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    assert not torch.equal(a, layers.dropout(x, 0.5))  # the next draw is another mask
+
+
 @pytest.mark.parametrize("backend", ["auto", "loop"])
 @pytest.mark.parametrize("cell, hparams", EVERY_CELL, ids=[c + "-" + "-".join(h.values()) for c, h in EVERY_CELL])
 def test_padding_is_invisible_each_sequence_as_if_run_alone(cell, hparams, backend):

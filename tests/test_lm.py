@@ -303,6 +303,23 @@ def test_model_optimizer_chooses_adam_or_plain_sgd():
         tiny_lm(optimizer="rmsprop")
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_optimizer_takes_torchs_fused_step_on_the_cpu_with_the_per_tensor_steps_numbers(optimizer):
+    fused_model, plain_model = tiny_lm(optimizer=optimizer, weight_decay=0.01), tiny_lm(optimizer=optimizer, weight_decay=0.01)
+    fused = fused_model.configure_optimizers()
+    assert fused.defaults["fused"] is True
+    plain = type(fused)(plain_model.parameters(), lr=fused_model.hparams.lr, weight_decay=0.01)
+    tokens = torch.randint(4, len(fused_model.vocab), (3, 7))
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            opt.zero_grad()
+            logits, _ = model(tokens)
+            logits.pow(2).mean().backward()
+            opt.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_the_summary_samples_are_drawn_without_dropout(char_run):
     """The run's own samples are exactly what the saved weights draw in eval mode (Lightning leaves the
     model in train mode after testing, where dropout would change them)."""
