@@ -102,7 +102,8 @@ INTRO = {
                      "mask drawn as U(0, 1) >= p) against torch's `F.dropout` (drawn by `bernoulli_`), its optimiser "
                      "(torch's fused Adam step) against the per-tensor Adam, and the whole training step (forward and "
                      "backward with the adversarial pass, clipping, Adam) with both against neither. Ratio = toolkit "
-                     "time / torch time (below 1: the toolkit is faster).",
+                     "time / torch time (below 1: the toolkit is faster). No target: issue 10 sets one on the "
+                     "training time, measured in docs/results.md.",
     "export": "Inference latency of one model exported by `rtk export format=onnx` (a unidirectional LSTM "
               "classifier, hidden 128, embedding 100, 5,000 words) run by onnxruntime vs the same model in torch "
               "(the toolkit's own forward), on the same inputs, outputs checked equal (1e-4) first; onnxruntime "

@@ -320,6 +320,16 @@ def test_the_optimizer_takes_torchs_fused_step_on_the_cpu_with_the_per_tensor_st
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_the_optimizer_is_not_fused_under_mixed_precision_where_lightning_clips_gradients():
+    import types
+
+    model = tiny_lm()
+    model._trainer = types.SimpleNamespace(precision="bf16-mixed", max_epochs=1)
+    assert model.configure_optimizers().defaults["fused"] is None
+    model._trainer = types.SimpleNamespace(precision="32-true", max_epochs=1)
+    assert model.configure_optimizers().defaults["fused"] is True
+
+
 def test_the_summary_samples_are_drawn_without_dropout(char_run):
     """The run's own samples are exactly what the saved weights draw in eval mode (Lightning leaves the
     model in train mode after testing, where dropout would change them)."""
