@@ -70,6 +70,8 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
 _LOGGED: set[tuple[str, str]] = set()  # (cell, backend) choices already logged by "auto"
 
 
