@@ -270,8 +270,12 @@ def training_step(repeats: int, overrides: list[str] = (), limit_batches: int | 
     for q in params:
         q.grad = torch.randn_like(q)
     n = sum(q.numel() for q in params)
-    optimisers = {"toolkit": model.configure_optimizers(),
-                  "torch": torch.optim.Adam(params, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay)}
+
+    def optimiser(name):  # the toolkit's (fused) or torch's default per-tensor Adam
+        return model.configure_optimizers() if name == "toolkit" else torch.optim.Adam(
+            params, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay)
+
+    optimisers = {name: optimiser(name) for name in ("toolkit", "torch")}
 
     def steps(opt):
         def run():
@@ -285,8 +289,7 @@ def training_step(repeats: int, overrides: list[str] = (), limit_batches: int | 
                     t["toolkit"] / t["torch"]))
 
     def whole(name):
-        opt = model.configure_optimizers() if name == "toolkit" else torch.optim.Adam(
-            params, lr=cfg.model.lr, weight_decay=cfg.model.weight_decay)
+        opt = optimiser(name)
 
         def run():
             with contextlib.nullcontext() if name == "toolkit" else torch_dropout():
