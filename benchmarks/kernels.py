@@ -65,7 +65,8 @@ def run_layer(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
 
 
 def run_layer_output_only(layer: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
-    """What the task heads call: the output only, so a padded batch runs unpacked on the CPU."""
+    """What the task heads call: the output only, so a padded batch runs unpacked on the CPU in
+    training and packed without autograd."""
     return layer(x, lengths=lengths, final_state=False)[0]
 
 
@@ -117,7 +118,7 @@ def layer_overhead(s: Shape, repeats: int, warmup: int, device: str = "cpu") -> 
                 layer = Recurrent(cell, s.I, s.H, num_layers=layers, bidirectional=bi, backend="auto").to(device)
                 ref = torch_twin(layer).to(device)
                 # fixed lengths; variable lengths with the final state (packed, as nn.LSTM runs them);
-                # variable lengths, the output only (what the task heads ask for: run padded)
+                # variable lengths, the output only (what the task heads ask for: padded in training)
                 for lengths, run in ((None, run_layer), (var, run_layer), (var, run_layer_output_only)):
                     with torch.no_grad():  # the comparison is only meaningful if they agree
                         a, b = run(layer, x, lengths), run_torch(ref, x, lengths)

@@ -78,7 +78,8 @@ INTRO = {
                       "shape with the same weights (outputs checked equal). Variable lengths: `Recurrent(x, lengths)` "
                       "vs the torch module on a `PackedSequence` (pack + run + pad, what a user writes); "
                       "\"output only\": `Recurrent(x, lengths, final_state=False)`, what the task heads call, which "
-                      "on the CPU runs the padded batch unpacked, each direction its own kernel call (on a GPU it packs). Ratio = "
+                      "on the CPU runs the padded batch unpacked in training (fwd+bwd), each direction its own kernel call, "
+                      "and packed without autograd (inference) and on a GPU. Ratio = "
                       "toolkit time / torch time.",
     "custom cells": "Cells with no fused kernel, as `backend=auto` runs them, over `nn.LSTM` of the same size "
                     "(fixed lengths, one layer, one direction). Ratio = cell time / `nn.LSTM` time.",

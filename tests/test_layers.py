@@ -414,6 +414,28 @@ def test_native_output_only_runs_padded_and_gives_the_loops_outputs_and_gradient
         _assert_same(g_n, g_l)
 
 
+@pytest.mark.parametrize("no_autograd", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", NATIVE)
+def test_native_output_only_without_autograd_packs_and_gives_the_padded_runs_outputs(monkeypatch, cell,
+                                                                                    bidirectional, no_autograd):
+    # validation and prediction: the packed batch is the faster one without a backward; y is the
+    # padded run's (which the test above holds to the loop's), padded steps exactly zero
+    packs = []
+    monkeypatch.setattr(layers, "pack_padded_sequence", lambda *a, **k: packs.append(1) or pack_padded_sequence(*a, **k))
+    layer = _layer(cell, "native", 2, bidirectional, dropout=0.5).eval()
+    x, state = _inputs(layer)
+    mask = torch.arange(T)[None, :] < LENGTHS[:, None]
+    x = torch.where(mask[..., None], x, 1e3)
+    y_padded, _ = layer(x, lengths=LENGTHS, state=state, final_state=False)
+    assert not packs  # autograd on: the padded run
+    with no_autograd():
+        y_packed, final = layer(x, lengths=LENGTHS, state=state, final_state=False)
+    assert final is None and len(packs) == 1
+    assert not y_packed[~mask].any()
+    _assert_same(y_packed, y_padded)
+
+
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "padded"])
 @pytest.mark.parametrize("cell, hparams", [("peephole_lstm", {}), ("gru", {"reset": "before"})])
 def test_sequence_path_equals_the_loop_in_float32_within_1e5_bi_depth2_dropout_outputs_and_gradients(
