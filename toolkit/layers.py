@@ -183,7 +183,8 @@ class Recurrent(nn.Module):
         and on the CPU, where autograd records (training), the ``native`` backend then runs a batch
         with lengths padded rather than packed (each direction its own kernel call, the reverse one
         over each sequence reversed within its own length), whose forward and backward torch's CPU
-        kernels run 1.5 to 2.7 times faster than the packed batch's. Without autograd (validation,
+        kernels mostly run faster than the packed batch's (up to 2.7 times; how much depends on
+        the CPU, and a deep bidirectional vanilla RNN can lose). Without autograd (validation,
         prediction) the packed batch is the faster one and is run. ``python -m benchmarks``
         measures both (the "output only" rows). y is the same either way."""
         if self.weight_drop > 0 and self.training and not self._dropping:
